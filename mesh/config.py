@@ -1,0 +1,331 @@
+"""Node configuration: pydantic models, loaded from ``node.toml`` in the node's directory.
+
+Every limit the node enforces is a field here with its unit in its name and a
+default; ``agentmesh config defaults`` prints them all as commented TOML, and
+docs/CONFIG.md is that output. Unknown keys are errors, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mesh.errors import ConfigError
+
+__all__ = [
+    "EnvelopeConfig",
+    "TransportConfig",
+    "PeersConfig",
+    "NodeConfig",
+    "CONFIG_FILE_NAME",
+    "load_config",
+    "parse_config",
+    "check_tcp_address",
+    "defaults_toml",
+]
+
+CONFIG_FILE_NAME = "node.toml"
+_MIB = 1024 * 1024
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvelopeConfig(_Section):
+    """Limits checked on every received envelope, in the order they are applied."""
+
+    envelope_size_bytes_max: int = Field(
+        1 * _MIB,
+        ge=1024,
+        description="Largest envelope accepted, in bytes; larger frames are rejected as "
+        "'too_large' before any decoding. Raise it for big batches, at the cost of memory "
+        "per message in flight.",
+    )
+    batch_entries_max: int = Field(
+        4096,
+        ge=1,
+        description="Most payloads one envelope may carry; more is 'malformed'.",
+    )
+    replay_window_messages: int = Field(
+        4096,
+        ge=64,
+        description="Per-sender sliding window of sequence numbers: a number seen before or "
+        "older than the window is a 'replay'. Wider tolerates more reordering, costs a bit "
+        "per number per sender.",
+    )
+    trusted_senders_max: int = Field(
+        4_096,
+        ge=1,
+        description="Certified senders remembered at once (with their replay windows); the "
+        "least recently heard is forgotten first and must present its certificate again.",
+    )
+    clock_skew_max_ms: int = Field(
+        5_000,
+        ge=0,
+        description="How far ahead of the local clock a sender's timestamp may be, in "
+        "milliseconds; further is 'clock_skew'. Keep node clocks in sync (NTP) well within it.",
+    )
+    message_age_max_ms: int = Field(
+        120_000,
+        ge=1_000,
+        description="How far behind the local clock a timestamp may be, in milliseconds; "
+        "older is 'clock_skew'. Bounds how long a captured envelope could be replayed to "
+        "a node that restarted and forgot its replay windows.",
+    )
+
+
+class TransportConfig(_Section):
+    """ZeroMQ socket settings: queues, frame limits and reconnection."""
+
+    send_queue_messages_max: int = Field(
+        10_000,
+        ge=1,
+        description="Envelopes queued per outbound peer connection (ZeroMQ SNDHWM); when "
+        "full, a send waits up to send_timeout_ms and is then dropped and counted.",
+    )
+    receive_queue_messages_max: int = Field(
+        10_000,
+        ge=1,
+        description="Frames queued on the listening socket before ZeroMQ pushes back on "
+        "senders (RCVHWM).",
+    )
+    receive_batch_frames_max: int = Field(
+        512,
+        ge=1,
+        description="Frames drained from a socket per wake-up before yielding to other tasks; "
+        "larger is faster under load, smaller keeps timers punctual.",
+    )
+    frame_size_bytes_hard_max: int = Field(
+        64 * _MIB,
+        ge=1024,
+        description="ZeroMQ's own frame limit (MAXMSGSIZE): a peer sending a larger frame is "
+        "disconnected by ZeroMQ before the node sees it. Frames between "
+        "envelope_size_bytes_max and this are received and counted as 'too_large'.",
+    )
+    send_timeout_ms: int = Field(
+        1_000,
+        ge=0,
+        description="How long an awaited send waits for room in a full queue before the "
+        "envelope is dropped and counted.",
+    )
+    reconnect_interval_ms: int = Field(
+        100, ge=1, description="First delay before ZeroMQ reconnects a lost connection."
+    )
+    reconnect_interval_max_ms: int = Field(
+        5_000,
+        ge=1,
+        description="Longest delay between reconnect attempts (exponential back-off up to it).",
+    )
+    connections_max: int = Field(
+        1_024,
+        ge=1,
+        description="Outbound connections (one per peer address) kept open at once; beyond "
+        "it the least recently used connection is closed.",
+    )
+
+
+class PeersConfig(_Section):
+    """Peer exchange: how nodes learn of each other and judge liveness (until SWIM)."""
+
+    tick_interval_ms: int = Field(
+        100, ge=1, description="How often protocol cores are ticked, in milliseconds."
+    )
+    exchange_interval_ms: int = Field(
+        1_000,
+        ge=10,
+        description="How often a node sends its signed peer list to seeds and known peers.",
+    )
+    suspect_after_ms: int = Field(
+        3_000,
+        ge=1,
+        description="A peer not heard from for this long is shown 'suspect'.",
+    )
+    dead_after_ms: int = Field(
+        10_000,
+        ge=1,
+        description="A peer not heard from for this long is shown 'dead'; it is still "
+        "sent peer lists, so that it is seen again as soon as it comes back.",
+    )
+    forget_after_ms: int = Field(
+        120_000,
+        ge=1,
+        description="A peer not heard from for this long is forgotten (dropped from the peer "
+        "table and no longer contacted).",
+    )
+    peers_max: int = Field(
+        1_024,
+        ge=1,
+        description="Most peers tracked; new peers beyond it are ignored until a dead one "
+        "is forgotten.",
+    )
+    exchange_entries_max: int = Field(
+        128,
+        ge=1,
+        description="Most peers listed in one peer-exchange message (a random sample "
+        "when there are more).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PeersConfig:
+        if self.suspect_after_ms <= self.exchange_interval_ms:
+            raise ValueError(
+                f"suspect_after_ms ({self.suspect_after_ms}) must exceed "
+                f"exchange_interval_ms ({self.exchange_interval_ms})"
+            )
+        if self.dead_after_ms <= self.suspect_after_ms:
+            raise ValueError(
+                f"dead_after_ms ({self.dead_after_ms}) must exceed "
+                f"suspect_after_ms ({self.suspect_after_ms})"
+            )
+        if self.forget_after_ms <= self.dead_after_ms:
+            raise ValueError(
+                f"forget_after_ms ({self.forget_after_ms}) must exceed "
+                f"dead_after_ms ({self.dead_after_ms})"
+            )
+        return self
+
+
+class NodeConfig(_Section):
+    """Everything one node needs besides its key and certificate."""
+
+    name: str = Field(
+        "node", min_length=1, max_length=64, description="Human-readable node name."
+    )
+    listen: str = Field(
+        "tcp://127.0.0.1:0",
+        description="Address the node binds (tcp://HOST:PORT); port 0 picks a free port.",
+    )
+    advertise: str | None = Field(
+        None,
+        description="Address other nodes should dial, when it differs from the bound one "
+        "(e.g. listening on 0.0.0.0). Default: the bound address.",
+    )
+    seeds: list[str] = Field(
+        default_factory=list,
+        description="Addresses of nodes to contact at start; one reachable seed is enough.",
+    )
+    request_timeout_ms: int = Field(
+        2_000, ge=1, description="Default deadline for a request to another node."
+    )
+    requests_in_flight_max: int = Field(
+        1_024,
+        ge=1,
+        description="Requests awaiting an answer at once; a request beyond it fails at once "
+        "instead of queueing.",
+    )
+    envelope: EnvelopeConfig = Field(default_factory=EnvelopeConfig)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
+    peers: PeersConfig = Field(default_factory=PeersConfig)
+
+    @field_validator("listen", "advertise")
+    @classmethod
+    def _tcp_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_tcp_address(value)
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _tcp_seeds(cls, value: list[str]) -> list[str]:
+        for seed in value:
+            check_tcp_address(seed)
+        return value
+
+
+def check_tcp_address(address: str) -> tuple[str, int]:
+    """Split ``tcp://HOST:PORT``; raise ``ValueError`` naming the address if malformed."""
+    prefix = "tcp://"
+    host, sep, port_text = address.removeprefix(prefix).rpartition(":")
+    if not address.startswith(prefix) or not sep or not host or not port_text.isdigit():
+        raise ValueError(f"address {address!r} must look like tcp://HOST:PORT")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"address {address!r} has port {port}, above 65535")
+    return host, port
+
+
+def load_config(node_dir: Path, overrides: dict[str, Any] | None = None) -> NodeConfig:
+    """Load ``node_dir/node.toml`` (defaults if absent), then apply top-level ``overrides``."""
+    path = node_dir / CONFIG_FILE_NAME
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data.update(overrides or {})
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: dict[str, Any], source: str = "configuration") -> NodeConfig:
+    """Validate a configuration mapping, turning validation errors into one ``ConfigError``."""
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def defaults_toml() -> str:
+    """Every configuration field with its default and description, as commented TOML."""
+    lines = ["# agentmesh node.toml: every field, its default and its trade-off.", ""]
+    lines += _render_section(NodeConfig, prefix=None)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _render_section(model: type[BaseModel], prefix: str | None) -> list[str]:
+    lines: list[str] = []
+    if prefix:
+        lines += [f"[{prefix}]"]
+        if model.__doc__:
+            lines += [f"# {model.__doc__.strip()}", ""]
+    nested: list[tuple[str, type[BaseModel]]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            nested.append((name, annotation))
+            continue
+        default = info.get_default(call_default_factory=True)
+        for chunk in _wrap(info.description or ""):
+            lines.append(f"# {chunk}")
+        rendered = _toml_value(default)
+        lines.append(f"{name} = {rendered}" if rendered is not None else f"# {name} = (unset)")
+        lines.append("")
+    for name, sub in nested:
+        lines += _render_section(sub, prefix=name if not prefix else f"{prefix}.{name}")
+    return lines
+
+
+def _toml_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value:_}" if value >= 10_000 else str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) or '""' for v in value) + "]"
+    raise AssertionError(f"no TOML rendering for {value!r}")
+
+
+def _wrap(text: str, width: int = 88) -> list[str]:
+    words, lines, current = text.split(), [], ""
+    for word in words:
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}".strip()
+    if current:
+        lines.append(current)
+    return lines

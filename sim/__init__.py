@@ -1,0 +1,3 @@
+"""Deterministic multi-node simulator (built in a later issue)."""
+
+__all__: list[str] = []
