@@ -1,0 +1,179 @@
+"""The ``agentmesh`` command line.
+
+Subcommands: ``ca init``, ``keygen``, ``node run``, ``up``, ``status`` and
+``config defaults``. Operating errors (``MeshError``) print one line to stderr
+and exit 1; read commands take ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from mesh import __version__
+from mesh.config import defaults_toml, load_config
+from mesh.errors import MeshError
+from mesh.launcher import ClusterLauncher
+from mesh.layout import (
+    AUTHORITY_PUB,
+    CLIENT_DIR,
+    create_node_identity,
+    init_authority,
+    load_authority,
+    load_node_files,
+)
+from mesh.runtime import Node
+from mesh.status import format_status_table, gather_status
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("mesh.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``agentmesh``."""
+    parser = argparse.ArgumentParser(
+        prog="agentmesh", description="A decentralized mesh of AI agent nodes."
+    )
+    parser.add_argument("--version", action="version", version=f"agentmesh {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ca = commands.add_parser("ca", help="cluster authority").add_subparsers(
+        dest="ca_command", required=True
+    )
+    ca_init = ca.add_parser("init", help="create a cluster authority (and a CLI identity)")
+    ca_init.add_argument("--dir", required=True, type=Path, help="authority directory")
+    ca_init.set_defaults(handler=_ca_init)
+
+    keygen = commands.add_parser("keygen", help="create a node key and certificate")
+    keygen.add_argument("--dir", required=True, type=Path, help="node directory")
+    keygen.add_argument("--ca", required=True, type=Path, help="authority directory")
+    keygen.add_argument("--name", help="node name (default: the directory's name)")
+    keygen.add_argument("--roles", nargs="+", default=["node"], help="roles (default: node)")
+    keygen.add_argument("--valid-days", type=int, default=365, help="certificate lifetime")
+    keygen.set_defaults(handler=_keygen)
+
+    node = commands.add_parser("node", help="run a node").add_subparsers(
+        dest="node_command", required=True
+    )
+    node_run = node.add_parser("run", help="run one node in the foreground")
+    node_run.add_argument("--dir", required=True, type=Path, help="node directory")
+    node_run.add_argument("--listen", help="tcp://HOST:PORT to bind (overrides node.toml)")
+    node_run.add_argument("--seed", action="append", default=None,
+                          help="seed address, repeatable (overrides node.toml)")
+    node_run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    node_run.set_defaults(handler=_node_run)
+
+    up = commands.add_parser("up", help="run a local cluster of node processes")
+    up.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    up.add_argument("--dir", required=True, type=Path, help="cluster directory")
+    up.add_argument("--base-port", type=int, help="first port (default: free ports)")
+    up.add_argument("--duration", type=float, help="stop after this many seconds")
+    up.set_defaults(handler=_up)
+
+    status = commands.add_parser("status", help="ask every node of a cluster for its status")
+    status.add_argument("--cluster", required=True, type=Path, help="cluster directory")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--timeout", type=float, default=2.0, help="seconds per node")
+    status.set_defaults(handler=_status)
+
+    config = commands.add_parser("config", help="configuration").add_subparsers(
+        dest="config_command", required=True
+    )
+    config_defaults = config.add_parser("defaults", help="print every field with its default")
+    config_defaults.set_defaults(handler=_config_defaults)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except MeshError as exc:
+        print(f"agentmesh: error: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    _, created = init_authority(args.dir)
+    verb = "created" if created else "kept existing"
+    print(f"{verb} authority in {args.dir} (public key: {args.dir / AUTHORITY_PUB}; "
+          f"CLI identity: {args.dir / CLIENT_DIR})")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    authority = load_authority(args.ca)
+    name = args.name or args.dir.resolve().name
+    certificate = create_node_identity(
+        args.dir, authority, name=name, roles=args.roles, valid_days=args.valid_days
+    )
+    print(json.dumps(certificate.to_json() | {"dir": str(args.dir)}, indent=2))
+    return 0
+
+
+def _node_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    overrides: dict[str, Any] = {}
+    if args.listen:
+        overrides["listen"] = args.listen
+    if args.seed is not None:
+        overrides["seeds"] = args.seed
+    config = load_config(args.dir, overrides)
+    files = load_node_files(args.dir)
+    node = Node(
+        config=config,
+        identity=files.identity,
+        certificate=files.certificate,
+        authority_public_key=files.authority_public_key,
+        node_dir=args.dir,
+    )
+    anyio.run(_run_until_signal, node)
+    log.info("node %s stopped", config.name)
+    return 0
+
+
+async def _run_until_signal(node: Node) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with node.running():
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                return
+
+
+def _up(args: argparse.Namespace) -> int:
+    launcher = ClusterLauncher(args.dir, args.nodes, base_port=args.base_port)
+    return launcher.run(duration_s=args.duration)
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = anyio.run(_gather, args.cluster, args.timeout)
+    print(json.dumps(status, indent=2) if args.json else format_status_table(status))
+    return 0
+
+
+async def _gather(cluster: Path, timeout_s: float) -> dict[str, Any]:
+    return await gather_status(cluster, timeout_s=timeout_s)
+
+
+def _config_defaults(_args: argparse.Namespace) -> int:
+    sys.stdout.write(defaults_toml())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Shared fixtures: throwaway authorities, node directories and real node processes.
+
+Every process a test starts is killed in the fixture's teardown, even when the
+test fails. Waiting is always for a condition with a deadline (``wait_for``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from mesh.layout import create_node_identity, init_authority
+from mesh.runtime import RUN_FILE_NAME
+
+T = TypeVar("T")
+
+
+def wait_for(
+    condition: Callable[[], T | None],
+    *,
+    timeout_s: float = 15.0,
+    interval_s: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``condition`` until it returns a truthy value; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
+
+
+def run_cli(*args: str, timeout_s: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``agentmesh ARGS`` in a subprocess with this interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mesh.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"agentmesh {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+@dataclass
+class NodeProcess:
+    """A node started by a test."""
+
+    name: str
+    node_dir: Path
+    process: subprocess.Popen[bytes]
+    node_id: str = ""
+    listen: str = ""
+
+    def entry(self) -> dict[str, Any]:
+        return {"name": self.name, "node_id": self.node_id, "listen": self.listen,
+                "pid": self.process.pid, "dir": str(self.node_dir)}
+
+
+class LocalCluster:
+    """An authority directory and the node processes a test starts in it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.authority, _ = init_authority(directory)
+        self.nodes: list[NodeProcess] = []
+
+    def make_node_dir(self, name: str, config_toml: str = "") -> Path:
+        node_dir = self.directory / name
+        create_node_identity(node_dir, self.authority, name=name, roles=["node"])
+        (node_dir / "node.toml").write_text(f'name = "{name}"\n' + config_toml)
+        return node_dir
+
+    def start(self, name: str, *, seeds: list[str] = (), config_toml: str = "") -> NodeProcess:  # type: ignore[assignment]
+        node_dir = self.directory / name
+        if not node_dir.exists():
+            self.make_node_dir(name, config_toml)
+        (node_dir / RUN_FILE_NAME).unlink(missing_ok=True)
+        command = [sys.executable, "-m", "mesh.cli", "node", "run", "--dir", str(node_dir),
+                   "--listen", "tcp://127.0.0.1:0"]
+        for seed in seeds:
+            command += ["--seed", seed]
+        log = open(node_dir / "node.log", "ab")
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+        log.close()
+        node = NodeProcess(name, node_dir, process)
+        self.nodes.append(node)
+
+        def reported() -> dict[str, Any] | None:
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited with {process.returncode}:\n"
+                            f"{(node_dir / 'node.log').read_text()}")
+            try:
+                info = json.loads((node_dir / RUN_FILE_NAME).read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                return None
+            return info if info.get("pid") == process.pid else None
+
+        info = wait_for(reported, what=f"{name} to report its address")
+        node.node_id, node.listen = info["node_id"], info["listen"]
+        self.write_cluster_file()
+        return node
+
+    def write_cluster_file(self) -> None:
+        (self.directory / "cluster.json").write_text(
+            json.dumps({"nodes": [n.entry() for n in self.nodes]})
+        )
+
+    def status(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        result = run_cli("status", "--cluster", str(self.directory), "--json",
+                         "--timeout", str(timeout_s))
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    def node_status(self, name: str) -> dict[str, Any]:
+        return next(n for n in self.status()["nodes"] if n["name"] == name)
+
+    def stop_all(self) -> None:
+        for node in self.nodes:
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        for node in self.nodes:
+            try:
+                node.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_children() -> Iterator[None]:
+    yield
+    # Belt and braces: a test that leaked a child process fails loudly here.
+    leaked = [pid for pid in _children(os.getpid()) if pid_alive(pid)]
+    for pid in leaked:
+        os.kill(pid, signal.SIGKILL)
+    assert not leaked, f"test left child processes behind: {leaked}"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
