@@ -33,7 +33,7 @@ from mesh.layout import (
 from mesh.runtime import Node
 from mesh.status import format_status_table, gather_status
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("mesh.cli")
 

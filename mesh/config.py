@@ -17,15 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mesh.errors import ConfigError
 
 __all__ = [
-    "EnvelopeConfig",
-    "TransportConfig",
-    "PeersConfig",
-    "NodeConfig",
     "CONFIG_FILE_NAME",
-    "load_config",
-    "parse_config",
+    "EnvelopeConfig",
+    "NodeConfig",
+    "PeersConfig",
+    "TransportConfig",
     "check_tcp_address",
     "defaults_toml",
+    "load_config",
+    "parse_config",
 ]
 
 CONFIG_FILE_NAME = "node.toml"
@@ -218,9 +218,10 @@ class NodeConfig(_Section):
         description="Requests awaiting an answer at once; a request beyond it fails at once "
         "instead of queueing.",
     )
-    envelope: EnvelopeConfig = Field(default_factory=EnvelopeConfig)
-    transport: TransportConfig = Field(default_factory=TransportConfig)
-    peers: PeersConfig = Field(default_factory=PeersConfig)
+    # Sections are frozen, so one default instance can be shared.
+    envelope: EnvelopeConfig = EnvelopeConfig()
+    transport: TransportConfig = TransportConfig()
+    peers: PeersConfig = PeersConfig()
 
     @field_validator("listen", "advertise")
     @classmethod

@@ -39,14 +39,14 @@ from mesh.replay import ReplayWindow
 from mesh.trust import TrustStore
 
 __all__ = [
-    "WIRE_VERSION",
     "SIGNATURE_BYTES",
-    "Rejection",
-    "Rejected",
+    "WIRE_VERSION",
     "Envelope",
-    "PayloadRegistry",
-    "EnvelopeSealer",
     "EnvelopeOpener",
+    "EnvelopeSealer",
+    "PayloadRegistry",
+    "Rejected",
+    "Rejection",
 ]
 
 WIRE_VERSION = 1

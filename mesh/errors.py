@@ -9,17 +9,17 @@ at the envelope boundary (see ``mesh.envelope.Rejection``).
 from __future__ import annotations
 
 __all__ = [
-    "MeshError",
+    "CertificateError",
+    "ClusterError",
+    "CodecError",
     "ConfigError",
     "IdentityError",
     "KeyPermissionError",
-    "CertificateError",
-    "CodecError",
-    "TransportError",
-    "RequestTimeout",
+    "MeshError",
     "MessageTooLarge",
     "Overloaded",
-    "ClusterError",
+    "RequestTimeout",
+    "TransportError",
 ]
 
 

@@ -9,7 +9,7 @@ clocks disagree. The clock never reads time itself: the driver passes it in.
 
 from __future__ import annotations
 
-__all__ = ["LOGICAL_BITS", "HybridClock", "wall_ms_of", "make_timestamp"]
+__all__ = ["LOGICAL_BITS", "HybridClock", "make_timestamp", "wall_ms_of"]
 
 LOGICAL_BITS = 16
 _LOGICAL_MASK = (1 << LOGICAL_BITS) - 1

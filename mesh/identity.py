@@ -33,17 +33,17 @@ from mesh.errors import CertificateError, IdentityError, KeyPermissionError
 
 __all__ = [
     "NODE_ID_BYTES",
-    "Identity",
     "Certificate",
     "ClusterAuthority",
+    "Identity",
     "node_id_of",
-    "write_private_key",
-    "read_private_key",
-    "write_certificate",
     "read_certificate",
+    "read_private_key",
     "read_public_key",
-    "write_public_key",
     "validate_roles",
+    "write_certificate",
+    "write_private_key",
+    "write_public_key",
 ]
 
 NODE_ID_BYTES = 16
@@ -161,7 +161,7 @@ class Certificate:
         return cls(name, node_id, public_key, tuple(roles), not_after, issuer, signature)
 
     def verify(self, authority_public_key: bytes, now_unix_s: float) -> None:
-        """Check signature, key-to-id binding and expiry; raise ``CertificateError`` if any fails."""
+        """Check signature, key-to-id binding and expiry; raise ``CertificateError``."""
         if len(self.public_key) != 32 or node_id_of(self.public_key) != self.node_id:
             raise CertificateError(
                 f"certificate for {self.name!r}: node id {self.node_id.hex()} does not "

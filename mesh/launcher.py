@@ -94,7 +94,8 @@ class ClusterLauncher:
 
     def run(self, duration_s: float | None = None) -> int:
         """Prepare, start, show status, wait for a stop request, stop. Returns an exit code."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        stop_signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in stop_signals}
         try:
             self.prepare()
             self.start_all()
@@ -155,7 +156,8 @@ class ClusterLauncher:
                 code = node.process.poll()
                 if code is not None and node.name not in reported:
                     reported.add(node.name)
-                    self.out(f"{node.name} exited with code {code}; see {node.node_dir / 'node.log'}")
+                    log_path = node.node_dir / "node.log"
+                    self.out(f"{node.name} exited with code {code}; see {log_path}")
             if len(reported) == len(self.nodes):
                 return
             if deadline is not None and time.monotonic() >= deadline:
@@ -213,7 +215,8 @@ class ClusterLauncher:
             code = node.process.poll()
             if code is not None:
                 raise ClusterError(
-                    f"{node.name} exited with code {code} at start:\n{_tail(node.node_dir / 'node.log')}"
+                    f"{node.name} exited with code {code} at start:\n"
+                    f"{_tail(node.node_dir / 'node.log')}"
                 )
             info = _read_run_file(run_file)
             if info is not None and info.get("pid") == node.process.pid:

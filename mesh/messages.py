@@ -14,8 +14,8 @@ __all__ = [
     "HELLO",
     "STATUS_REQUEST",
     "STATUS_RESPONSE",
-    "PeerAddress",
     "Hello",
+    "PeerAddress",
     "StatusRequest",
     "StatusResponse",
 ]

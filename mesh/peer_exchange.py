@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from consensus.core import Incoming, Outgoing
 from mesh.messages import HELLO, Hello, PeerAddress
 
-__all__ = ["PeerState", "PeerView", "PeerExchangeSettings", "PeerExchange"]
+__all__ = ["PeerExchange", "PeerExchangeSettings", "PeerState", "PeerView"]
 
 
 class PeerState(enum.Enum):

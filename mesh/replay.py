@@ -18,7 +18,7 @@ __all__ = ["ReplayWindow"]
 class ReplayWindow:
     """Accepts each sequence number at most once, within ``width`` of the highest seen."""
 
-    __slots__ = ("_width", "_highest", "_seen")
+    __slots__ = ("_highest", "_seen", "_width")
 
     def __init__(self, width: int) -> None:
         assert width > 0, width

@@ -49,7 +49,7 @@ from mesh.peer_exchange import PeerExchange, PeerExchangeSettings
 from mesh.transport import InboundFrame, Route, Transport
 from mesh.trust import TrustStore
 
-__all__ = ["Inbound", "Handler", "NodeCounters", "Node", "RUN_FILE_NAME", "wall_clock_ms"]
+__all__ = ["RUN_FILE_NAME", "Handler", "Inbound", "Node", "NodeCounters", "wall_clock_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class Node:
     # -- running -----------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[str | None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Bind, start every loop, report the address through ``task_status``; run until cancelled."""
+        """Bind, start every loop, report the address via ``task_status``; run until cancelled."""
         if self.listens:
             bound = self.transport.bind(self.config.listen)
             self.address = self.config.advertise or bound

@@ -20,7 +20,7 @@ from mesh.layout import CLIENT_DIR, load_node_files, read_cluster_file
 from mesh.messages import STATUS_REQUEST, StatusRequest, StatusResponse
 from mesh.runtime import Node
 
-__all__ = ["open_client", "gather_status", "format_status_table"]
+__all__ = ["format_status_table", "gather_status", "open_client"]
 
 
 def open_client(cluster_dir: Path) -> Node:

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import anyio
 import zmq
 import zmq.asyncio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from mesh.config import TransportConfig
 from mesh.errors import TransportError
 
-__all__ = ["Route", "InboundFrame", "TransportCounters", "Transport"]
+__all__ = ["InboundFrame", "Route", "Transport", "TransportCounters"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,9 @@ class Transport:
         self.bound_address = endpoint
         return endpoint
 
-    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run the receive loops until cancelled; closes every socket on the way out."""
         try:
             async with anyio.create_task_group() as tg:
@@ -171,7 +173,7 @@ class Transport:
         timeout_ms = self.config.send_timeout_ms
         with anyio.move_on_after(timeout_ms / 1000):
             while not self._closed and connection.address in self._connections:
-                if await connection.socket.poll(timeout_ms, zmq.POLLOUT):
+                if await _poll(connection.socket, zmq.POLLOUT, timeout_ms):
                     if self._try_send(connection, frame):
                         return True
         self.counters.dropped_queue_full += 1
@@ -278,11 +280,11 @@ class Transport:
                 connection.socket.close(linger=0)
 
     async def _read_loop(self, socket: zmq.asyncio.Socket, address: str | None) -> None:
-        sync = zmq.Socket.shadow(socket.underlying)
+        sync: zmq.Socket[bytes] = zmq.Socket.shadow(socket.underlying)
         batch_max = self.config.receive_batch_frames_max
         while True:
             try:
-                await socket.poll(flags=zmq.POLLIN)
+                await _poll(socket, zmq.POLLIN)
             except zmq.ZMQError:
                 return  # socket closed under us during shutdown or eviction
             batch: list[InboundFrame] = []
@@ -299,6 +301,11 @@ class Transport:
                 self._on_frames(batch)
             if len(batch) == batch_max:
                 await anyio.sleep(0)  # let timers run between full batches
+
+
+async def _poll(socket: zmq.asyncio.Socket, flags: int, timeout_ms: int | None = None) -> int:
+    # pyzmq's stubs give the asyncio socket the poller's poll signature.
+    return await socket.poll(timeout_ms, flags)  # type: ignore[call-arg,return-value]
 
 
 def _inbound(parts: list[bytes], address: str | None) -> InboundFrame:

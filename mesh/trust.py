@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mesh.errors import CertificateError
 from mesh.identity import Certificate
 
-__all__ = ["TrustedSender", "TrustStore"]
+__all__ = ["TrustStore", "TrustedSender"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,9 @@ def wait_for(
     pytest.fail(f"timed out after {timeout_s} s waiting for {what} (last value: {last!r})")
 
 
-def run_cli(*args: str, timeout_s: float = 60.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout_s: float = 60.0, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run ``agentmesh ARGS`` in a subprocess with this interpreter."""
     result = subprocess.run(
         [sys.executable, "-m", "mesh.cli", *args],

@@ -38,7 +38,8 @@ def test_ca_init_and_keygen_write_private_keys_for_the_owner_only(tmp_path: Path
     printed = json.loads(result.stdout)
     certificate = read_certificate(node / "node.cert")
     assert _mode(node / "node.key") == 0o600
-    assert printed["node_id"] == certificate.node_id.hex() == node_id_of(certificate.public_key).hex()
+    assert printed["node_id"] == certificate.node_id.hex()
+    assert certificate.node_id == node_id_of(certificate.public_key)
     assert certificate.roles == ("node", "voter") and certificate.name == "n1"
     assert read_public_key(node / "authority.pub") == read_public_key(ca / "authority.pub")
 
@@ -93,6 +94,7 @@ def test_node_run_stops_cleanly_on_signal(tmp_path: Path, signum: int) -> None:
 
 
 def test_config_doc_lists_every_default() -> None:
-    assert (REPO / "docs" / "CONFIG.md").read_text().split("```toml\n", 1)[1].split("```")[0] \
-        == defaults_toml(), "docs/CONFIG.md is stale: regenerate it from `agentmesh config defaults`"
+    documented = (REPO / "docs" / "CONFIG.md").read_text().split("```toml\n", 1)[1].split("```")[0]
+    assert documented == defaults_toml(), "docs/CONFIG.md is stale: regenerate it from " \
+        "`agentmesh config defaults`"
     assert run_cli("config", "defaults").stdout == defaults_toml()

@@ -84,7 +84,8 @@ def _dealer(address: str) -> zmq.Socket[bytes]:
 def test_hostile_input_is_rejected_counted_and_survived(
     local_cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    node = local_cluster.start("target", config_toml="[envelope]\nenvelope_size_bytes_max = 65536\n")
+    small_envelopes = "[envelope]\nenvelope_size_bytes_max = 65536\n"
+    node = local_cluster.start("target", config_toml=small_envelopes)
     # A certified sender the node has never heard of, and an outsider with its own authority.
     insider_dir = tmp_path / "insider"
     create_node_identity(insider_dir, local_cluster.authority, name="insider", roles=["node"])

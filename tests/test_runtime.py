@@ -91,8 +91,12 @@ async def test_a_big_batch_is_split_to_fit_the_envelope_limits() -> None:
 
 async def test_request_and_reply_round_trip() -> None:
     async with pair() as (first, second):
-        second.on("test.echo", Echo,
-                  lambda m: second.reply(m, "test.echo", Echo(value=m.envelope.payloads[0].value + 1)))  # type: ignore[attr-defined]
+        def answer(inbound: Inbound) -> None:
+            (request,) = inbound.envelope.payloads
+            assert isinstance(request, Echo)
+            second.reply(inbound, "test.echo", Echo(value=request.value + 1))
+
+        second.on("test.echo", Echo, answer)
         first.registry.register("test.echo", Echo)
         for value in range(20):
             answer = await first.request(second.node_id, "test.echo", Echo(value=value))
@@ -104,7 +108,7 @@ async def test_request_without_answer_times_out_and_is_forgotten() -> None:
     async with pair() as (first, second):
         second.on("test.echo", Echo, lambda m: None)
         first.registry.register("test.echo", Echo)
-        with pytest.raises(RequestTimeout, match="test.echo"):
+        with pytest.raises(RequestTimeout, match=r"test\.echo"):
             await first.request(second.node_id, "test.echo", Echo(value=1), timeout_s=0.2)
         assert first._pending == {}
 
