@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from mesh.codec import pack, unpack
 from mesh.config import EnvelopeConfig
 from mesh.errors import CertificateError, CodecError
-from mesh.hlc import HybridClock, wall_ms_of
+from consensus.hlc import HybridClock, wall_ms_of
 from mesh.identity import NODE_ID_BYTES, Certificate, Identity
 from mesh.replay import ReplayWindow
 from mesh.trust import TrustStore
