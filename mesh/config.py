@@ -51,6 +51,14 @@ class EnvelopeConfig(_Section):
         ge=1,
         description="Most payloads one envelope may carry; more is 'malformed'.",
     )
+    verify_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Threads that check the signatures of one received batch in parallel "
+        "(Ed25519 verification releases the GIL). 1 verifies on the event loop alone; "
+        "more than the machine's cores gains nothing.",
+    )
     replay_window_messages: int = Field(
         4096,
         ge=64,

@@ -45,6 +45,7 @@ from mesh.messages import (
     StatusRequest,
     StatusResponse,
 )
+from mesh.parallel import SplitMap
 from mesh.peer_exchange import PeerExchange, PeerExchangeSettings
 from mesh.transport import InboundFrame, Route, Transport
 from mesh.trust import TrustStore
@@ -123,6 +124,7 @@ class Node:
             clock=self.sealer.clock,
         )
         self.transport = Transport(config.transport, self._on_frames)
+        self._verify_map = SplitMap(config.envelope.verify_threads)
         self._rng = rng or Random()
         self._handlers: dict[str, Handler] = {}
         self._cores: list[ProtocolCore] = []
@@ -185,13 +187,17 @@ class Node:
             bound = self.transport.bind(self.config.listen)
             self.address = self.config.advertise or bound
             self._start_peer_exchange(self.address)
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.transport.serve)
-            if self.listens:
-                self._write_run_file()
-                tg.start_soon(self._tick_loop)
-            log.info("node %s (%s) up at %s", self.config.name, self.node_id.hex(), self.address)
-            task_status.started(self.address)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.transport.serve)
+                if self.listens:
+                    self._write_run_file()
+                    tg.start_soon(self._tick_loop)
+                log.info("node %s (%s) up at %s", self.config.name, self.node_id.hex(),
+                         self.address)
+                task_status.started(self.address)
+        finally:
+            self._verify_map.close()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Node]:
@@ -434,9 +440,14 @@ class Node:
         wall_ms = wall_clock_ms()
         now_unix_s = wall_ms / 1000
         stepped: set[int] = set()
-        for inbound_frame in frames:
-            self.counters.received += 1
-            opened = self.opener.open(inbound_frame.frame, wall_ms=wall_ms, now_unix_s=now_unix_s)
+        self.counters.received += len(frames)
+        outcomes = self.opener.open_many(
+            [f.frame for f in frames],
+            wall_ms=wall_ms,
+            now_unix_s=now_unix_s,
+            parallel_map=self._verify_map,
+        )
+        for inbound_frame, opened in zip(frames, outcomes, strict=True):
             if isinstance(opened, Rejected):
                 log.debug("rejected %s: %s", opened.reason.value, opened.detail)
                 continue
