@@ -1,0 +1,319 @@
+"""Commands of the replicated KV store, the request that carries them, and their bytes.
+
+How this works: a client builds a command (``Put``, ``CompareAndSet``,
+``LockAcquire``, ...) and wraps it in a ``Request`` with its client id and the next
+sequence number of that client. The Raft leader fills in ``now_ms`` when it
+proposes the request (see below), and the request's bytes (``encode_request``)
+become one log entry. Every replica decodes the committed entry
+(``decode_request``) and applies it (``KVStore.apply``).
+
+Why time is in the request: a lease expires at a point in time, and every replica
+must expire it at the same point *in the log*, or one replica would still serve a
+key that another has deleted. A replica's own clock cannot give that (clocks differ
+and each replica applies an entry at a different moment), so the leader stamps each
+proposal with its clock and replicas read time only from applied entries. The
+leader also proposes ``Tick`` periodically so that leases expire without traffic.
+The stamp should come from a clock comparable across nodes (wall-clock or HLC
+milliseconds), because a new leader keeps stamping where the old one stopped. The
+store never lets its time go backwards (see ``KVStore``), so a new leader whose
+clock is behind only delays expiries until it catches up; one whose clock is ahead
+expires leases early (as soon as its first entry applies), so voters' clocks must
+be kept in step (NTP) to within a small fraction of the shortest TTL in use.
+
+Every command validates its fields on construction and raises ``CommandError``
+naming the bad one, so a malformed command cannot be built, proposed or decoded.
+Limits that depend on ``KVSettings`` (key and value sizes, TTL bounds, counts) are
+checked by the store when applying, since settings belong to the state machine.
+
+Bytes: a command is the msgpack list ``[tag, field, ...]`` with fields in
+declaration order; a request is ``[REQUEST_FORMAT, client_id, seq, now_ms,
+command]``. The same value always encodes to the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, TypeAlias
+
+from consensus.kvstore.errors import CommandError
+from consensus.kvstore.wire import (
+    expect_bytes,
+    expect_int,
+    expect_list,
+    expect_optional_int,
+    expect_text,
+    pack,
+    show,
+    unpack,
+)
+
+__all__ = [
+    "REQUEST_FORMAT",
+    "Command",
+    "CompareAndSet",
+    "Delete",
+    "LeaseGrant",
+    "LeaseKeepAlive",
+    "LeaseRevoke",
+    "LockAcquire",
+    "LockRelease",
+    "Put",
+    "Request",
+    "Tick",
+    "command_from_wire",
+    "command_to_wire",
+    "decode_command",
+    "decode_request",
+    "encode_command",
+    "encode_request",
+]
+
+REQUEST_FORMAT = 1
+"""Version of the request byte layout; a request of another version is refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Write ``value`` under ``key``, creating it (version 1) or bumping its version.
+
+    ``lease_id`` attaches the key to that lease (it is deleted when the lease ends);
+    None detaches it from any lease it had. Answers ``version`` (the new one) and
+    ``previous`` (the version before, 0 if the key was absent); refused with
+    ``lease_not_found`` or ``too_large``.
+    """
+
+    key: str
+    value: bytes
+    lease_id: int | None = None
+
+    def __post_init__(self) -> None:
+        expect_text(self.key, "key")
+        expect_bytes(self.value, "value")
+        expect_optional_int(self.lease_id, "lease_id", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Remove ``key``. Answers ``previous`` (the version removed) or ``not_found``."""
+
+    key: str
+
+    def __post_init__(self) -> None:
+        expect_text(self.key, "key")
+
+
+@dataclass(frozen=True, slots=True)
+class CompareAndSet:
+    """Write (or, with ``value`` None, delete) ``key`` only if its version is ``expect_version``.
+
+    ``expect_version`` 0 means "only if absent". On success it answers like ``Put``
+    (a delete answers version 0; deleting an absent key with ``expect_version`` 0
+    succeeds and changes nothing). On failure it answers ``cas_failed`` with
+    ``version`` = the key's current version (0 if absent). ``lease_id`` works as in
+    ``Put``.
+    """
+
+    key: str
+    value: bytes | None
+    expect_version: int
+    lease_id: int | None = None
+
+    def __post_init__(self) -> None:
+        expect_text(self.key, "key")
+        if self.value is not None:
+            expect_bytes(self.value, "value")
+        expect_int(self.expect_version, "expect_version")
+        expect_optional_int(self.lease_id, "lease_id", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """Create a lease that ends ``ttl_ms`` after the request's stamped time.
+
+    Answers ``lease_id`` and ``deadline_ms``; refused with ``too_large`` beyond
+    ``leases_max`` or ``lease_ttl_ms_max``.
+    """
+
+    ttl_ms: int
+
+    def __post_init__(self) -> None:
+        expect_int(self.ttl_ms, "ttl_ms", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseKeepAlive:
+    """Move a lease's deadline to ``ttl_ms`` after the request's stamped time."""
+
+    lease_id: int
+
+    def __post_init__(self) -> None:
+        expect_int(self.lease_id, "lease_id", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevoke:
+    """End a lease now: its keys are deleted and its lock released (``deleted`` = keys)."""
+
+    lease_id: int
+
+    def __post_init__(self) -> None:
+        expect_int(self.lease_id, "lease_id", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LockAcquire:
+    """Take the lock ``name`` for ``owner``, backed by a new lease of ``ttl_ms``.
+
+    A free lock (never taken, released, or whose lease expired) is granted with a
+    fencing ``token`` (the Raft index of this entry, so every grant's token is larger
+    than all earlier ones) and the ``lease_id`` to keep it alive with
+    ``LeaseKeepAlive``. If ``owner`` already holds it, the lease is renewed and the
+    same token answered. Otherwise ``lock_held`` with the ``holder``, its ``token``
+    and ``deadline_ms``.
+    """
+
+    name: str
+    owner: str
+    ttl_ms: int
+
+    def __post_init__(self) -> None:
+        expect_text(self.name, "name")
+        expect_text(self.owner, "owner")
+        expect_int(self.ttl_ms, "ttl_ms", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class LockRelease:
+    """Release the lock ``name`` if ``owner`` holds it with fencing ``token``.
+
+    Ends the lock's lease (deleting keys attached to it). ``not_found`` if the lock
+    is not held; ``not_owner`` (with the current holder and token) if the owner or
+    token differ, e.g. a release from a holder whose lease expired meanwhile.
+    """
+
+    name: str
+    owner: str
+    token: int
+
+    def __post_init__(self) -> None:
+        expect_text(self.name, "name")
+        expect_text(self.owner, "owner")
+        expect_int(self.token, "token", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Does nothing but let the stamped time advance (and leases expire)."""
+
+
+Command: TypeAlias = (
+    Put
+    | Delete
+    | CompareAndSet
+    | LeaseGrant
+    | LeaseKeepAlive
+    | LeaseRevoke
+    | LockAcquire
+    | LockRelease
+    | Tick
+)
+"""Any command the store applies."""
+
+# Wire tags: fixed forever (they are in every log entry and snapshot ever written).
+_CLASS_BY_TAG: dict[int, type[Command]] = {
+    1: Put,
+    2: Delete,
+    3: CompareAndSet,
+    4: LeaseGrant,
+    5: LeaseKeepAlive,
+    6: LeaseRevoke,
+    7: LockAcquire,
+    8: LockRelease,
+    9: Tick,
+}
+_TAG_BY_CLASS: dict[type[Command], int] = {cls: tag for tag, cls in _CLASS_BY_TAG.items()}
+_FIELD_NAMES: dict[type[Command], tuple[str, ...]] = {
+    cls: tuple(field.name for field in fields(cls)) for cls in _TAG_BY_CLASS
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One command from one client, as proposed to Raft.
+
+    ``client_id`` names the client's session and ``seq`` numbers its requests from 1
+    upwards: the store applies each ``(client_id, seq)`` once and answers retries
+    with the stored response. A client id must be unique to one client process for
+    its whole life (e.g. node id plus a random suffix); a restarted client takes a
+    new one. The empty client id means "no session": the request is applied every
+    time it is committed (meant for the leader's ``Tick``), and ``seq`` must be 0.
+    ``now_ms`` is stamped by the leader (see the module doc), not by the client.
+    """
+
+    client_id: str
+    seq: int
+    now_ms: int
+    command: Command
+
+    def __post_init__(self) -> None:
+        expect_text(self.client_id, "client_id", empty_ok=True)
+        if self.client_id:
+            expect_int(self.seq, "seq", 1)
+        else:
+            expect_int(self.seq, "seq (of a request without client_id)", 0, 0)
+        expect_int(self.now_ms, "now_ms")
+        if type(self.command) not in _TAG_BY_CLASS:
+            raise CommandError(f"command must be a KV command, got {show(self.command)}")
+
+
+def command_to_wire(command: Command) -> list[Any]:
+    """The msgpack-ready list form of ``command``."""
+    cls = type(command)
+    return [_TAG_BY_CLASS[cls], *(getattr(command, name) for name in _FIELD_NAMES[cls])]
+
+
+def command_from_wire(obj: object) -> Command:
+    """Build a command from its list form; ``CommandError`` for anything else."""
+    items = expect_list(obj, "command")
+    if not items:
+        raise CommandError("command must not be an empty list")
+    tag = items[0]
+    cls = _CLASS_BY_TAG.get(tag) if type(tag) is int else None
+    if cls is None:
+        raise CommandError(f"unknown command tag {show(tag)}")
+    values = items[1:]
+    expected = len(_FIELD_NAMES[cls])
+    if len(values) != expected:
+        raise CommandError(f"{cls.__name__} takes {expected} fields, got {len(values)}")
+    return cls(*values)
+
+
+def encode_command(command: Command) -> bytes:
+    """Canonical msgpack bytes of one command (without a request around it)."""
+    return pack(command_to_wire(command))
+
+
+def decode_command(data: bytes) -> Command:
+    """The command in ``data`` (from ``encode_command``); ``CommandError`` for garbage."""
+    return command_from_wire(unpack(data, "command bytes"))
+
+
+def encode_request(request: Request) -> bytes:
+    """Canonical msgpack bytes of a request: what the leader proposes as a log entry."""
+    return pack(
+        [
+            REQUEST_FORMAT,
+            request.client_id,
+            request.seq,
+            request.now_ms,
+            command_to_wire(request.command),
+        ]
+    )
+
+
+def decode_request(data: bytes) -> Request:
+    """The request in ``data`` (from ``encode_request``); ``CommandError`` for garbage."""
+    items = expect_list(unpack(data, "request bytes"), "request", 5)
+    if items[0] != REQUEST_FORMAT or type(items[0]) is not int:
+        raise CommandError(f"unknown request format {show(items[0])}, expected {REQUEST_FORMAT}")
+    return Request(items[1], items[2], items[3], command_from_wire(items[4]))
