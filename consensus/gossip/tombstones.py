@@ -1,0 +1,167 @@
+"""Tombstone collection: forget a delete once every live member is known to have it.
+
+How this works: a tombstone (a deleted map key, or a removed OR-set tag) must be
+kept while some replica might still hold the value it deleted, or that replica
+would keep the value. Digests tell us what a member holds: a member whose digest
+covers the tombstone's ``(origin, version)`` has the tombstone (or a later write to
+the same key), and then it also has every earlier version of that origin.
+
+So confirmation runs per origin in epochs. An epoch picks a target version (the
+highest tombstone of that origin at the time) and marks, in a bitset over the
+current members, each member whose digest reaches it. When every bit is set, every
+tombstone of that origin up to the target is confirmed, and the next epoch starts
+with the then-highest tombstone. Confirmed tombstones are collected once they are
+older than the grace period (their timestamp is at or before the ``cutoff``).
+Memory is one small record and one bit per member per origin with tombstones, not
+a digest per member: a thousand-node cluster stays cheap.
+
+Any change of membership restarts every epoch (bit positions move, and a member
+that just arrived has confirmed nothing). A node without members confirms nothing.
+Overwritten tombstones leave stale heap entries; they are skipped when they reach
+the top and the heap is rebuilt once half of it is stale.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["TombstoneCollector"]
+
+_REBUILD_STALE_MIN = 32
+
+K = TypeVar("K", bound=Hashable)
+
+
+class _Origin(Generic[K]):
+    """Tombstones of one origin and the state of its confirmation epoch."""
+
+    __slots__ = ("confirmed", "heap", "highest", "ready", "stale", "target")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, int, K, int]] = []  # (version, seq, key, timestamp)
+        self.stale = 0
+        self.highest = 0  # highest tombstone version tracked
+        self.target = 0  # version this epoch waits for; 0 when no epoch runs
+        self.confirmed = 0  # bitset of members whose digest reached ``target``
+        self.ready = 0  # every member reached this version (last completed epoch)
+
+
+class TombstoneCollector(Generic[K]):
+    """Tracks tombstones by origin and decides when each can be forgotten.
+
+    ``K`` is the core's store key; ``is_current(origin, version, key)`` (passed to
+    ``collect``) says whether that tombstone is still the record stored there.
+    """
+
+    __slots__ = ("_all", "_bits", "_origins", "_seq")
+
+    def __init__(self) -> None:
+        self._origins: dict[bytes, _Origin[K]] = {}
+        self._bits: dict[bytes, int] = {}  # member -> its bit
+        self._all = 0  # every member's bit set
+        self._seq = 0  # tie-breaker: store keys of different types are never compared
+
+    def __bool__(self) -> bool:
+        return bool(self._origins)
+
+    def __len__(self) -> int:
+        return sum(len(state.heap) - state.stale for state in self._origins.values())
+
+    def set_members(self, members: Sequence[bytes]) -> None:
+        """The live members changed: restart every confirmation epoch."""
+        self._bits = {member: 1 << index for index, member in enumerate(members)}
+        self._all = (1 << len(members)) - 1
+        for state in self._origins.values():
+            state.ready = state.confirmed = 0
+            state.target = state.highest
+
+    def track(self, origin: bytes, version: int, key: K, timestamp: int) -> None:
+        """A tombstone written at ``timestamp`` was stored under ``key``."""
+        state = self._origins.get(origin)
+        if state is None:
+            state = self._origins[origin] = _Origin()
+        self._seq += 1
+        heapq.heappush(state.heap, (version, self._seq, key, timestamp))
+        if version > state.highest:
+            state.highest = version
+        if state.target <= state.ready:
+            state.target = state.highest
+
+    def untrack(self, origin: bytes) -> None:
+        """A tracked tombstone of ``origin`` was overwritten by a later write."""
+        state = self._origins.get(origin)
+        if state is not None:
+            state.stale += 1
+
+    def note_digest(self, member: bytes, versions: Mapping[bytes, int]) -> None:
+        """``member`` sent its full digest."""
+        bit = self._bits.get(member)
+        if bit is None or not self._origins:
+            return
+        get = versions.get
+        for origin, state in self._origins.items():
+            # A member already confirmed for this epoch has nothing to add.
+            target = state.target
+            if target > state.ready and not state.confirmed & bit and get(origin, 0) >= target:
+                self._confirm(state, bit)
+
+    def note_versions(self, member: bytes, pairs: Iterable[tuple[bytes, int]]) -> None:
+        """``member`` reported its versions for some origins."""
+        bit = self._bits.get(member)
+        if bit is None or not self._origins:
+            return
+        for origin, version in pairs:
+            state = self._origins.get(origin)
+            if (
+                state is not None
+                and state.target > state.ready
+                and not state.confirmed & bit
+                and version >= state.target
+            ):
+                self._confirm(state, bit)
+
+    def collect(self, is_current: Callable[[bytes, int, K], bool], cutoff: int) -> list[K]:
+        """Pop and return the store keys of confirmed tombstones written at or before
+        the ``cutoff`` timestamp."""
+        collected: list[K] = []
+        for origin in list(self._origins):
+            state = self._origins[origin]
+            top = state.heap[0]
+            if not state.stale and (top[0] > state.ready or top[3] > cutoff):
+                # Without stale entries every one is current: nothing to prune, and the
+                # oldest cannot be collected yet, so neither can the others.
+                continue
+            heap = self._prune(origin, state, is_current)
+            while heap and heap[0][0] <= state.ready and heap[0][3] <= cutoff:
+                version, _, key, _ = heapq.heappop(heap)
+                if is_current(origin, version, key):
+                    collected.append(key)
+                else:
+                    state.stale = max(0, state.stale - 1)
+            if not heap:
+                del self._origins[origin]
+        return collected
+
+    def _confirm(self, state: _Origin[K], bit: int) -> None:
+        state.confirmed |= bit
+        if state.confirmed == self._all:
+            state.ready = state.target
+            state.confirmed = 0
+            # Deletes that arrived during the epoch wait for the next one.
+            state.target = state.highest if state.highest > state.ready else state.ready
+
+    @staticmethod
+    def _prune(
+        origin: bytes, state: _Origin[K], is_current: Callable[[bytes, int, K], bool]
+    ) -> list[tuple[int, int, K, int]]:
+        heap = state.heap
+        if state.stale >= _REBUILD_STALE_MIN and 2 * state.stale > len(heap):
+            heap[:] = [item for item in heap if is_current(origin, item[0], item[2])]
+            heapq.heapify(heap)
+            state.stale = 0
+        while heap and not is_current(origin, heap[0][0], heap[0][2]):
+            heapq.heappop(heap)
+            state.stale = max(0, state.stale - 1)
+        return heap
