@@ -1,8 +1,9 @@
 """The ``agentmesh`` command line.
 
-Subcommands: ``ca init``, ``keygen``, ``node run``, ``up``, ``status`` and
-``config defaults``. Operating errors (``MeshError``) print one line to stderr
-and exit 1; read commands take ``--json``.
+Subcommands: ``ca init``, ``keygen``, ``node run``, ``up``, ``status``,
+``gossip get|set|del|list``, ``config defaults``, and those of the layers above
+registered as entry points (``sim``). Operating errors (``MeshError``) print
+one line to stderr and exit 1; read commands take ``--json``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import anyio
 from mesh import __version__
 from mesh.config import defaults_toml, load_config
 from mesh.errors import MeshError
+from mesh.gossip_cli import GossipCommandError, gossip_command, parse_value
 from mesh.launcher import ClusterLauncher
 from mesh.layout import (
     AUTHORITY_PUB,
@@ -30,6 +33,7 @@ from mesh.layout import (
     load_authority,
     load_node_files,
 )
+from mesh.messages import GossipRequest
 from mesh.runtime import Node
 from mesh.status import format_status_table, gather_status
 
@@ -85,12 +89,48 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=2.0, help="seconds per node")
     status.set_defaults(handler=_status)
 
+    gossip = commands.add_parser(
+        "gossip", help="read and write the cluster's gossip state"
+    ).add_subparsers(dest="gossip_command", required=True)
+    for name, help_text in (("get", "print one key's value"), ("set", "write a key"),
+                            ("del", "delete a key"), ("list", "list keys under a prefix")):
+        sub = gossip.add_parser(name, help=help_text)
+        if name == "list":
+            sub.add_argument("prefix", nargs="?", default="", help="key prefix (default: all)")
+            sub.add_argument("--limit", type=int, default=1000, help="most keys listed")
+        else:
+            sub.add_argument("key")
+        if name == "set":
+            sub.add_argument("value", help="a JSON value, or else taken as a string")
+        sub.add_argument("--cluster", required=True, type=Path, help="cluster directory")
+        sub.add_argument("--node", help="node to ask (default: the first that answers)")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.add_argument("--timeout", type=float, default=2.0, help="seconds per node")
+        sub.set_defaults(handler=_gossip, operation=name)
+
+    _register_extensions(commands)
+
     config = commands.add_parser("config", help="configuration").add_subparsers(
         dest="config_command", required=True
     )
     config_defaults = config.add_parser("defaults", help="print every field with its default")
     config_defaults.set_defaults(handler=_config_defaults)
     return parser
+
+
+COMMANDS_ENTRY_POINT_GROUP = "agentmesh.commands"
+
+
+def _register_extensions(commands: Any) -> None:
+    """Subcommands of the layers above ``mesh`` (``sim``, later ``agents``).
+
+    ``mesh`` may not import them; they register through the
+    ``agentmesh.commands`` entry point group instead, each with a
+    ``register(subparsers)`` function.
+    """
+    for entry_point in sorted(entry_points(group=COMMANDS_ENTRY_POINT_GROUP),
+                              key=lambda e: e.name):
+        entry_point.load()(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +192,7 @@ async def _run_until_signal(node: Node) -> None:
         async with node.running():
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
+                await node.leave()
                 return
 
 
@@ -168,6 +209,45 @@ def _status(args: argparse.Namespace) -> int:
 
 async def _gather(cluster: Path, timeout_s: float) -> dict[str, Any]:
     return await gather_status(cluster, timeout_s=timeout_s)
+
+
+_GOSSIP_OPS = {"get": "get", "set": "set", "del": "delete", "list": "list"}
+
+
+def _gossip(args: argparse.Namespace) -> int:
+    operation = _GOSSIP_OPS[args.operation]
+    if operation == "list":
+        request = GossipRequest(op="list", key=args.prefix, limit=max(1, args.limit))
+    elif operation == "set":
+        request = GossipRequest(op="set", key=args.key, value=parse_value(args.value))
+    else:
+        request = GossipRequest(op=operation, key=args.key)
+    response = anyio.run(_ask_gossip, args.cluster, request, args.node, args.timeout)
+    if not response.ok:
+        raise GossipCommandError(response.error or f"gossip {args.operation} failed")
+    if operation == "get":
+        print(_json({"key": args.key, "value": response.value}) if args.json
+              else _json(response.value))
+    elif operation == "list":
+        if args.json:
+            print(_json({"items": [{"key": k, "value": v} for k, v in response.items],
+                         "truncated": response.truncated}))
+        else:
+            for key, value in response.items:
+                print(f"{key}\t{_json(value)}")
+    elif args.json:
+        print(json.dumps({"key": args.key, "ok": True}))
+    return 0
+
+
+def _json(value: Any) -> str:
+    # Gossip values may hold bytes, which JSON cannot: they are shown as hex.
+    return json.dumps(value, default=lambda o: o.hex() if isinstance(o, bytes) else str(o))
+
+
+async def _ask_gossip(cluster: Path, request: GossipRequest, node: str | None,
+                      timeout_s: float) -> Any:
+    return await gossip_command(cluster, request, node=node, timeout_s=timeout_s)
 
 
 def _config_defaults(_args: argparse.Namespace) -> int:

@@ -14,13 +14,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from consensus.gossip.settings import GossipSettings
 from mesh.errors import ConfigError
+from mesh.membership.settings import MembershipSettings
 
 __all__ = [
     "CONFIG_FILE_NAME",
     "EnvelopeConfig",
+    "GossipConfig",
+    "MembershipConfig",
     "NodeConfig",
-    "PeersConfig",
     "TransportConfig",
     "check_tcp_address",
     "defaults_toml",
@@ -137,65 +140,182 @@ class TransportConfig(_Section):
     )
 
 
-class PeersConfig(_Section):
-    """Peer exchange: how nodes learn of each other and judge liveness (until SWIM)."""
+class MembershipConfig(_Section):
+    """SWIM failure detection with the Lifeguard refinements (see mesh/membership)."""
 
-    tick_interval_ms: int = Field(
-        100, ge=1, description="How often protocol cores are ticked, in milliseconds."
-    )
-    exchange_interval_ms: int = Field(
+    probe_interval_ms: int = Field(
         1_000,
         ge=10,
-        description="How often a node sends its signed peer list to seeds and known peers.",
+        description="How often a node probes one member (round robin). Shorter detects "
+        "failures sooner and costs more messages; stretched by the local health score.",
     )
-    suspect_after_ms: int = Field(
-        3_000,
+    probe_timeout_ms: int = Field(
+        500,
         ge=1,
-        description="A peer not heard from for this long is shown 'suspect'.",
+        description="How long a direct ping waits for its ack before members are asked to "
+        "ping indirectly; must stay below probe_interval_ms. Set above the network's round "
+        "trip at the 99th percentile.",
     )
-    dead_after_ms: int = Field(
-        10_000,
+    indirect_probes: int = Field(
+        3,
+        ge=0,
+        le=16,
+        description="Members asked to ping a silent member on our behalf; also the number of "
+        "independent suspicions that shrink a suspicion timeout to its minimum.",
+    )
+    suspicion_min_multiplier: float = Field(
+        4.0,
+        ge=1.0,
+        description="Shortest suspicion before a member is declared dead: this times "
+        "log10(cluster size), at least 1, times probe_interval_ms. Larger means fewer false "
+        "deaths and slower detection.",
+    )
+    suspicion_max_multiplier: float = Field(
+        6.0,
+        ge=1.0,
+        description="Longest suspicion, as a multiple of the shortest: the timeout starts "
+        "here and shrinks as other members confirm the suspicion.",
+    )
+    awareness_max: int = Field(
+        8,
+        ge=0,
+        description="Cap of the local health score: a node that misses its own deadlines "
+        "stretches its probe interval and timeout by up to (1 + this) times.",
+    )
+    retransmit_multiplier: int = Field(
+        4,
         ge=1,
-        description="A peer not heard from for this long is shown 'dead'; it is still "
-        "sent peer lists, so that it is seen again as soon as it comes back.",
+        description="Each membership update rides on this times log10(cluster size + 1) "
+        "outgoing messages; more spreads updates more surely at the cost of bytes.",
     )
-    forget_after_ms: int = Field(
+    piggyback_updates_max: int = Field(
+        8, ge=0, description="Membership updates carried by one protocol message."
+    )
+    push_pull_interval_ms: int = Field(
+        30_000,
+        ge=100,
+        description="How often a node swaps its whole member table with one random member "
+        "(and, while any are dead, tries one dead member's address so that healed "
+        "partitions reunite).",
+    )
+    join_retry_interval_ms: int = Field(
+        1_000, ge=10, description="How often seeds are retried while nobody has answered."
+    )
+    dead_forget_after_ms: int = Field(
         120_000,
         ge=1,
-        description="A peer not heard from for this long is forgotten (dropped from the peer "
-        "table and no longer contacted).",
+        description="Dead or departed members are forgotten after this; until then a "
+        "returning node is recognised and must refute with a higher incarnation.",
     )
-    peers_max: int = Field(
-        1_024,
+    members_max: int = Field(
+        4_096,
         ge=1,
-        description="Most peers tracked; new peers beyond it are ignored until a dead one "
-        "is forgotten.",
+        description="Members tracked at most; updates about more are ignored and counted.",
     )
-    exchange_entries_max: int = Field(
-        128,
-        ge=1,
-        description="Most peers listed in one peer-exchange message (a random sample "
-        "when there are more).",
+    sync_members_max: int = Field(
+        4_096, ge=1, description="Members listed in one push-pull message at most."
     )
 
+    def to_settings(self) -> MembershipSettings:
+        """The membership core's settings (seconds) from this section (milliseconds)."""
+        return MembershipSettings(
+            probe_interval_s=self.probe_interval_ms / 1000,
+            probe_timeout_s=self.probe_timeout_ms / 1000,
+            indirect_probes=self.indirect_probes,
+            suspicion_min_multiplier=self.suspicion_min_multiplier,
+            suspicion_max_multiplier=self.suspicion_max_multiplier,
+            awareness_max=self.awareness_max,
+            retransmit_multiplier=self.retransmit_multiplier,
+            piggyback_updates_max=self.piggyback_updates_max,
+            push_pull_interval_s=self.push_pull_interval_ms / 1000,
+            join_retry_interval_s=self.join_retry_interval_ms / 1000,
+            dead_forget_after_s=self.dead_forget_after_ms / 1000,
+            members_max=self.members_max,
+            sync_members_max=self.sync_members_max,
+        )
+
     @model_validator(mode="after")
-    def _ordered(self) -> PeersConfig:
-        if self.suspect_after_ms <= self.exchange_interval_ms:
+    def _ordered(self) -> MembershipConfig:
+        if self.probe_timeout_ms >= self.probe_interval_ms:
             raise ValueError(
-                f"suspect_after_ms ({self.suspect_after_ms}) must exceed "
-                f"exchange_interval_ms ({self.exchange_interval_ms})"
-            )
-        if self.dead_after_ms <= self.suspect_after_ms:
-            raise ValueError(
-                f"dead_after_ms ({self.dead_after_ms}) must exceed "
-                f"suspect_after_ms ({self.suspect_after_ms})"
-            )
-        if self.forget_after_ms <= self.dead_after_ms:
-            raise ValueError(
-                f"forget_after_ms ({self.forget_after_ms}) must exceed "
-                f"dead_after_ms ({self.dead_after_ms})"
+                f"probe_timeout_ms ({self.probe_timeout_ms}) must be below "
+                f"probe_interval_ms ({self.probe_interval_ms})"
             )
         return self
+
+
+class GossipConfig(_Section):
+    """Eventually consistent shared state spread by anti-entropy (see consensus/gossip)."""
+
+    round_interval_ms: int = Field(
+        200,
+        ge=10,
+        description="How often a node starts a push-pull exchange with `fanout` random live "
+        "members. Shorter spreads faster and costs more digests.",
+    )
+    fanout: int = Field(3, ge=1, le=64, description="Members contacted per round.")
+    rumor_retransmit_multiplier: int = Field(
+        3,
+        ge=0,
+        description="A new update is pushed as a rumour this times log2(cluster size + 1) "
+        "times before anti-entropy alone carries it.",
+    )
+    rumor_queue_max: int = Field(
+        4_096, ge=1, description="Rumours waiting to be pushed; the oldest are dropped first."
+    )
+    rumors_per_message_max: int = Field(64, ge=0, description="Rumours carried by one message.")
+    deltas_per_message_max: int = Field(
+        512,
+        ge=1,
+        description="Entries sent in answer to one digest; a larger backlog is sent over "
+        "several rounds, lowest versions first.",
+    )
+    message_bytes_max: int = Field(
+        512 * 1024,
+        ge=1024,
+        description="Size budget of one gossip message's entries; keep it below "
+        "envelope.envelope_size_bytes_max.",
+    )
+    keys_max: int = Field(
+        100_000,
+        ge=1,
+        description="Keys (with tombstones) one node holds; writes beyond it are refused.",
+    )
+    key_bytes_max: int = Field(256, ge=1, description="Longest key, in UTF-8 bytes.")
+    value_bytes_max: int = Field(
+        64 * 1024, ge=1, description="Largest value, as encoded msgpack bytes."
+    )
+    subscription_queue_max: int = Field(
+        1_024,
+        ge=1,
+        description="Changes buffered per subscriber; a subscriber that falls further "
+        "behind loses the oldest and is told how many it missed.",
+    )
+    tombstone_grace_ms: int = Field(
+        300_000,
+        ge=0,
+        description="A deleted key's tombstone is collected only once every live member has "
+        "seen it and it is this old. A member that was away when a tombstone was collected "
+        "keeps the deleted value until the key is written again; longer protects members "
+        "that return later, at the cost of memory for deleted keys.",
+    )
+
+    def to_settings(self) -> GossipSettings:
+        """The gossip core's settings (seconds) from this section (milliseconds)."""
+        return GossipSettings(
+            round_interval_s=self.round_interval_ms / 1000,
+            fanout=self.fanout,
+            rumor_retransmit_multiplier=self.rumor_retransmit_multiplier,
+            rumor_queue_max=self.rumor_queue_max,
+            rumors_per_message_max=self.rumors_per_message_max,
+            deltas_per_message_max=self.deltas_per_message_max,
+            message_bytes_max=self.message_bytes_max,
+            keys_max=self.keys_max,
+            key_bytes_max=self.key_bytes_max,
+            value_bytes_max=self.value_bytes_max,
+            tombstone_grace_s=self.tombstone_grace_ms / 1000,
+        )
+
 
 
 class NodeConfig(_Section):
@@ -229,7 +349,29 @@ class NodeConfig(_Section):
     # Sections are frozen, so one default instance can be shared.
     envelope: EnvelopeConfig = EnvelopeConfig()
     transport: TransportConfig = TransportConfig()
-    peers: PeersConfig = PeersConfig()
+    leave_grace_ms: int = Field(
+        300,
+        ge=0,
+        description="On shutdown, how long the node keeps running after announcing that it "
+        "leaves, so the announcement reaches other members before the sockets close.",
+    )
+    tick_interval_ms: int = Field(
+        50,
+        ge=1,
+        description="How often protocol cores are ticked; bounds the precision of every "
+        "protocol timer.",
+    )
+    membership: MembershipConfig = MembershipConfig()
+    gossip: GossipConfig = GossipConfig()
+
+    @model_validator(mode="after")
+    def _fits_envelope(self) -> NodeConfig:
+        if self.gossip.message_bytes_max >= self.envelope.envelope_size_bytes_max:
+            raise ValueError(
+                f"gossip.message_bytes_max ({self.gossip.message_bytes_max}) must be below "
+                f"envelope.envelope_size_bytes_max ({self.envelope.envelope_size_bytes_max})"
+            )
+        return self
 
     @field_validator("listen", "advertise")
     @classmethod
@@ -320,6 +462,8 @@ def _toml_value(value: Any) -> str | None:
         return "true" if value else "false"
     if isinstance(value, int):
         return f"{value:_}" if value >= 10_000 else str(value)
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):

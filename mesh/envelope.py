@@ -6,7 +6,7 @@ Wire layout of one ZeroMQ frame::
              on_behalf_of, reply_to, certificate, body])  ||  signature (64 bytes)
 
 ``sender``/``recipient`` are 16-byte node ids, ``seq`` the sender's sequence
-number, ``timestamp`` a hybrid-logical-clock value (see ``mesh.hlc``), ``trace``
+number, ``timestamp`` a hybrid-logical-clock value (see ``consensus.hlc``), ``trace``
 an optional W3C traceparent, ``on_behalf_of`` an optional principal, ``reply_to``
 the sequence number of the request this envelope answers, ``certificate`` the
 sender's certificate (carried by hellos, requests and responses), and ``body`` a

@@ -29,6 +29,8 @@ from anyio.abc import TaskStatus
 from pydantic import BaseModel
 
 from consensus.core import Incoming, Outgoing, ProtocolCore
+from consensus.gossip import Gossip
+from mesh.codec import pack
 from mesh.config import NodeConfig
 from mesh.envelope import (
     Envelope,
@@ -37,24 +39,40 @@ from mesh.envelope import (
     PayloadRegistry,
     Rejected,
 )
-from mesh.errors import MessageTooLarge, Overloaded, RequestTimeout
+from mesh.errors import MeshError, MessageTooLarge, Overloaded, RequestTimeout
+from mesh.gossip_api import NodeGossip
 from mesh.identity import Certificate, Identity
+from mesh.membership import Member, Membership, MemberState
 from mesh.messages import (
+    GOSSIP_REQUEST,
+    GOSSIP_RESPONSE,
     STATUS_REQUEST,
     STATUS_RESPONSE,
+    GossipRequest,
+    GossipResponse,
     StatusRequest,
     StatusResponse,
 )
 from mesh.parallel import SplitMap
-from mesh.peer_exchange import PeerExchange, PeerExchangeSettings
 from mesh.transport import InboundFrame, Route, Transport
 from mesh.trust import TrustStore
 
-__all__ = ["RUN_FILE_NAME", "Handler", "Inbound", "Node", "NodeCounters", "wall_clock_ms"]
+__all__ = [
+    "MEMBERS_FILE_NAME",
+    "RUN_FILE_NAME",
+    "Handler",
+    "Inbound",
+    "Node",
+    "NodeCounters",
+    "wall_clock_ms",
+]
 
 log = logging.getLogger(__name__)
 
 RUN_FILE_NAME = "run.json"
+MEMBERS_FILE_NAME = "members.json"
+NODE_METADATA_PREFIX = "node/"
+_MEMBERS_FILE_INTERVAL_S = 2.0
 
 
 def wall_clock_ms() -> int:
@@ -132,11 +150,18 @@ class Node:
         self._pending: dict[int, _Pending] = {}
         self._started_monotonic = time.monotonic()
         self.address: str | None = None
-        self.peer_exchange: PeerExchange | None = None
+        self.membership: Membership | None = None
+        self._gossip: NodeGossip | None = None
+        self._after_flush: dict[int, Callable[[], None]] = {}
+        self._members_dirty = False
         self.registry.register(STATUS_REQUEST, StatusRequest)
         self.registry.register(STATUS_RESPONSE, StatusResponse)
+        self.registry.register(GOSSIP_RESPONSE, GossipResponse)
         if listen:
             self.on(STATUS_REQUEST, StatusRequest, self._answer_status)
+            self.on(GOSSIP_REQUEST, GossipRequest, self._answer_gossip)
+        else:
+            self.registry.register(GOSSIP_REQUEST, GossipRequest)
 
     # -- construction ------------------------------------------------------------
 
@@ -170,14 +195,22 @@ class Node:
             raise ValueError(f"message kind {kind!r} already has a handler")
         self._handlers[kind] = handler
 
-    def register_core(self, core: ProtocolCore) -> None:
-        """Drive ``core``: deliver its message kinds to it, tick it, send its outbox."""
+    def register_core(
+        self, core: ProtocolCore, *, after_flush: Callable[[], None] | None = None
+    ) -> None:
+        """Drive ``core``: deliver its message kinds to it, tick it, send its outbox.
+
+        ``after_flush`` runs after every step batch and tick of the core, once its
+        outbox is sent: the place to collect the core's other outputs.
+        """
         for kind, model in core.message_kinds.items():
             self.registry.register(kind, model)
             if kind in self._handlers or kind in self._core_by_kind:
                 raise ValueError(f"message kind {kind!r} already has a handler")
             self._core_by_kind[kind] = core
         self._cores.append(core)
+        if after_flush is not None:
+            self._after_flush[id(core)] = after_flush
 
     # -- running -----------------------------------------------------------------
 
@@ -186,7 +219,7 @@ class Node:
         if self.listens:
             bound = self.transport.bind(self.config.listen)
             self.address = self.config.advertise or bound
-            self._start_peer_exchange(self.address)
+            self._start_protocols(self.address)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.transport.serve)
@@ -209,33 +242,106 @@ class Node:
             finally:
                 tg.cancel_scope.cancel()
 
-    def _start_peer_exchange(self, address: str) -> None:
-        peers = self.config.peers
-        core = PeerExchange(
+    def _start_protocols(self, address: str) -> None:
+        now = time.monotonic()
+        membership = Membership(
             node_id=self.node_id,
             name=self.config.name,
             address=address,
-            seeds=list(self.config.seeds),
-            settings=PeerExchangeSettings(
-                exchange_interval_s=peers.exchange_interval_ms / 1000,
-                suspect_after_s=peers.suspect_after_ms / 1000,
-                dead_after_s=peers.dead_after_ms / 1000,
-                forget_after_s=peers.forget_after_ms / 1000,
-                peers_max=peers.peers_max,
-                exchange_entries_max=peers.exchange_entries_max,
-            ),
+            settings=self.config.membership.to_settings(),
             rng=self._rng,
+            seeds=[*self.config.seeds, *self._remembered_addresses(address)],
+            now=now,
         )
-        self.peer_exchange = core
-        self.register_core(core)
+        gossip = Gossip(
+            node_id=self.node_id,
+            settings=self.config.gossip.to_settings(),
+            rng=self._rng,
+            wall_ms=wall_clock_ms,
+            now=now,
+        )
+        self.membership = membership
+        self._gossip = NodeGossip(
+            gossip,
+            subscription_queue_max=self.config.gossip.subscription_queue_max,
+            after_write=lambda: self._flush(gossip),
+        )
+        self.register_core(membership, after_flush=self._after_membership)
+        self.register_core(gossip, after_flush=self._after_gossip)
+        self._gossip.set(
+            NODE_METADATA_PREFIX + self.node_id.hex(),
+            {"name": self.config.name, "listen": address, "pid": os.getpid()},
+        )
+
+    @property
+    def gossip(self) -> NodeGossip:
+        """The gossip state shared with every node: get, set, delete, subscribe."""
+        if self._gossip is None:
+            raise MeshError("this node holds no gossip state: it is a client or not running")
+        return self._gossip
+
+    def _after_membership(self) -> None:
+        assert self.membership is not None
+        events = self.membership.take_events()
+        if not events:
+            return
+        for event in events:
+            log.info("member %s (%s) %s", event.member.name, event.member.node_id.hex(),
+                     event.kind.value)
+        if self._gossip is not None:
+            self._gossip.core.update_members([m.node_id for m in self.membership.live_members()])
+        self._members_dirty = True
+
+    def _after_gossip(self) -> None:
+        if self._gossip is not None:
+            self._gossip.deliver(self._gossip.core.take_changes())
+
+    def _remembered_addresses(self, own_address: str) -> list[str]:
+        """Addresses of the members alive when this node last ran: seeds for a restart."""
+        if self.node_dir is None:
+            return []
+        try:
+            data = json.loads((self.node_dir / MEMBERS_FILE_NAME).read_text(encoding="utf-8"))
+            addresses = [str(a) for a in data["addresses"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return [a for a in addresses if a != own_address][: self.config.membership.members_max]
+
+    def _write_members_file(self) -> None:
+        """Remember live members' addresses (atomically, synced) for the next start."""
+        if self.node_dir is None or self.membership is None:
+            return
+        addresses = [m.address for m in self.membership.live_members()]
+        temporary = self.node_dir / (MEMBERS_FILE_NAME + ".tmp")
+        with temporary.open("w", encoding="utf-8") as file:
+            json.dump({"addresses": addresses}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(self.node_dir / MEMBERS_FILE_NAME)
+
+    async def leave(self) -> None:
+        """Tell the mesh this node is leaving, and give the news a moment to go out."""
+        if self.membership is None:
+            return
+        self.membership.leave()
+        self._flush(self.membership)
+        await anyio.sleep(self.config.leave_grace_ms / 1000)
 
     async def _tick_loop(self) -> None:
-        interval_s = self.config.peers.tick_interval_ms / 1000
+        interval_s = self.config.tick_interval_ms / 1000
+        members_written = 0.0
         while True:
             now = time.monotonic()
             for core in self._cores:
                 core.tick(now)
                 self._flush(core)
+            if self._members_dirty and now - members_written >= _MEMBERS_FILE_INTERVAL_S:
+                self._members_dirty = False
+                members_written = now
+                try:
+                    self._write_members_file()
+                except OSError as exc:
+                    log.warning("could not remember members: %s", exc)
             await anyio.sleep(interval_s)
 
     def _write_run_file(self) -> None:
@@ -350,7 +456,7 @@ class Node:
     def _resolve(self, to: bytes | str) -> tuple[str | None, bytes | None]:
         if isinstance(to, str):
             return to, None
-        address = self.peer_exchange.address_of(to) if self.peer_exchange else None
+        address = self.membership.address_of(to) if self.membership else None
         if address is None:
             self.counters.send_dropped += 1
             log.debug("no address known for node %s", to.hex())
@@ -424,6 +530,9 @@ class Node:
     def _flush(self, core: ProtocolCore) -> None:
         for out in core.take_outbox():
             self._send_outgoing(out)
+        after = self._after_flush.get(id(core))
+        if after is not None:
+            after()
 
     def _send_outgoing(self, out: Outgoing) -> None:
         target: bytes | str = out.to_address if out.to_address is not None else out.to_node  # type: ignore[assignment]
@@ -488,7 +597,7 @@ class Node:
 
     def status(self) -> dict[str, Any]:
         """This node's status, as ``agentmesh status --json`` reports it."""
-        peers = self.peer_exchange.peers() if self.peer_exchange else []
+        members = self.membership.members() if self.membership else []
         counters = self.counters
         return {
             "name": self.config.name,
@@ -496,16 +605,9 @@ class Node:
             "listen": self.address,
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
-            "peers": [
-                {
-                    "node_id": p.node_id.hex(),
-                    "name": p.name,
-                    "address": p.address,
-                    "state": p.state.value,
-                    "silent_for_s": round(p.silent_for_s, 3),
-                }
-                for p in peers
-            ],
+            "peers": [_member_status(m) for m in members],
+            "membership": self._membership_status(),
+            "gossip": self._gossip_status(),
             "counters": {
                 "received": counters.received,
                 "accepted": self.opener.accepted,
@@ -519,8 +621,77 @@ class Node:
             },
         }
 
+    def _membership_status(self) -> dict[str, Any] | None:
+        if self.membership is None:
+            return None
+        return {
+            "incarnation": self.membership.incarnation,
+            "health_score": self.membership.health_score,
+            "counters": dict(self.membership.counters),
+        }
+
+    def _gossip_status(self) -> dict[str, Any] | None:
+        if self._gossip is None:
+            return None
+        core = self._gossip.core
+        return {
+            "keys": len(core.items()),
+            "rounds": core.rounds,
+            "fingerprint": core.state_fingerprint().hex(),
+            "counters": dict(core.counters),
+        }
+
     def _answer_status(self, inbound: Inbound) -> None:
         self.reply(inbound, STATUS_RESPONSE, StatusResponse(status=self.status()))
+
+    def _answer_gossip(self, inbound: Inbound) -> None:
+        request = inbound.envelope.payloads[0]
+        assert isinstance(request, GossipRequest)
+        try:
+            answer = self._gossip_operation(request)
+        except (MeshError, ValueError) as exc:
+            answer = GossipResponse(ok=False, error=str(exc))
+        self.reply(inbound, GOSSIP_RESPONSE, answer)
+
+    def _gossip_operation(self, request: GossipRequest) -> GossipResponse:
+        gossip = self.gossip
+        if request.op == "get":
+            entry = gossip.entry(request.key)
+            found = entry is not None and not entry.deleted
+            return GossipResponse(ok=found, value=entry.value if found else None,  # type: ignore[union-attr]
+                                  error=None if found else f"no key {request.key!r}")
+        if request.op == "set":
+            gossip.set(request.key, request.value)
+            return GossipResponse(ok=True)
+        if request.op == "delete":
+            deleted = gossip.delete(request.key)
+            return GossipResponse(ok=deleted, error=None if deleted else f"no key {request.key!r}")
+        return self._gossip_listing(request.key, request.limit)
+
+    def _gossip_listing(self, prefix: str, limit: int) -> GossipResponse:
+        # The answer must fit one envelope: stop at the item limit or half the size limit.
+        budget = self.config.envelope.envelope_size_bytes_max // 2
+        items: list[tuple[str, Any]] = []
+        for key, value in self.gossip.items(prefix):
+            size = len(pack([key, value]))
+            if len(items) >= limit or size > budget:
+                return GossipResponse(ok=True, items=items, truncated=True)
+            budget -= size
+            items.append((key, value))
+        return GossipResponse(ok=True, items=items)
+
+
+def _member_status(member: Member) -> dict[str, Any]:
+    # LEFT is shown as dead (gone), flagged as a departure rather than a failure.
+    state = "dead" if member.state is MemberState.LEFT else member.state.value
+    return {
+        "node_id": member.node_id.hex(),
+        "name": member.name,
+        "address": member.address,
+        "state": state,
+        "left": member.state is MemberState.LEFT,
+        "incarnation": member.incarnation,
+    }
 
 
 def _show(to: bytes | str) -> str:

@@ -110,6 +110,9 @@ class LocalCluster:
                                    stdin=subprocess.DEVNULL)
         log.close()
         node = NodeProcess(name, node_dir, process)
+        # A restart replaces the entry of the same name (its old process has ended).
+        self.nodes = [n for n in self.nodes if n.name != name or n.process.poll() is None]
+        assert all(n.name != name for n in self.nodes), f"{name} is still running"
         self.nodes.append(node)
 
         def reported() -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ LAYERS = ["consensus", "mesh", "agents", "sim"]
 IMPURE = {"zmq", "anyio", "asyncio", "socket", "time", "os", "threading", "subprocess",
           "selectors", "sqlite3", "shutil", "pathlib", "trio", "httpx", "signal", "ctypes"}
 PURE_CORES = ["consensus/**/*.py", "mesh/membership*.py", "mesh/membership/**/*.py",
-              "mesh/peer_exchange.py", "mesh/hlc.py", "mesh/replay.py",
+              "mesh/replay.py",
               "agents/contract_net*.py", "agents/contract_net/**/*.py"]
 
 

@@ -18,11 +18,13 @@ import zmq
 from pydantic import BaseModel
 
 from conftest import LocalCluster, pid_alive, run_cli, wait_for
+from mesh.config import MembershipConfig
 from mesh.envelope import EnvelopeSealer
 from mesh.identity import ClusterAuthority, Identity
 from mesh.layout import create_node_identity, load_node_files
-from mesh.messages import HELLO, Hello
+from mesh.messages import STATUS_REQUEST, StatusRequest
 from mesh.runtime import wall_clock_ms
+from sim.scenarios.membership import detection_bound_s
 
 
 def _alive_peers(node: dict[str, Any]) -> set[str]:
@@ -84,7 +86,8 @@ def _dealer(address: str) -> zmq.Socket[bytes]:
 def test_hostile_input_is_rejected_counted_and_survived(
     local_cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    small_envelopes = "[envelope]\nenvelope_size_bytes_max = 65536\n"
+    small_envelopes = ("[envelope]\nenvelope_size_bytes_max = 65536\n"
+                       "[gossip]\nmessage_bytes_max = 32768\nvalue_bytes_max = 16384\n")
     node = local_cluster.start("target", config_toml=small_envelopes)
     # A certified sender the node has never heard of, and an outsider with its own authority.
     insider_dir = tmp_path / "insider"
@@ -98,27 +101,26 @@ def test_hostile_input_is_rejected_counted_and_survived(
         not_after=int(time.time()) + 3600,
     )
     outsider = EnvelopeSealer(outsider_identity, outsider_cert, first_seq=1)
-    hello = Hello(name="insider", address="tcp://127.0.0.1:9")
-
-    def hello_frame(seal: EnvelopeSealer, **kwargs: Any) -> bytes:
-        return seal.seal(HELLO, [hello], wall_ms=kwargs.pop("wall_ms", wall_clock_ms()),
+    def request_frame(seal: EnvelopeSealer, **kwargs: Any) -> bytes:
+        return seal.seal(STATUS_REQUEST, [StatusRequest()],
+                         wall_ms=kwargs.pop("wall_ms", wall_clock_ms()),
                          attach_certificate=True, **kwargs)[1]
 
-    valid = hello_frame(sealer)
-    bad_signature = bytearray(hello_frame(sealer))
+    valid = request_frame(sealer)
+    bad_signature = bytearray(request_frame(sealer))
     bad_signature[-1] ^= 0x01
     rng = random.Random(20261124)
     frames = {
         "malformed": [
             bytes(rng.getrandbits(8) for _ in range(200)),
-            msgpack.packb([1, "mesh.hello", b"x" * 16, None, 5])[:-3] + b"\x00" * 64,
+            msgpack.packb([1, "mesh.status_request", b"x" * 16, None, 5])[:-3] + b"\x00" * 64,
             b"",
         ],
         "too_large": [b"\x92" + b"x" * 70_000],
-        "unknown_sender": [hello_frame(outsider)],
+        "unknown_sender": [request_frame(outsider)],
         "bad_signature": [bytes(bad_signature)],
         # Its own sealer: a timestamp an hour ahead would drag the main sealer's clock along.
-        "clock_skew": [hello_frame(EnvelopeSealer(insider.identity, insider.certificate, 10**6),
+        "clock_skew": [request_frame(EnvelopeSealer(insider.identity, insider.certificate, 10**6),
                                    wall_ms=wall_clock_ms() + 3_600_000)],
         "bad_payload": [sealer.seal("no.such.kind", [_Probe(text="x")], wall_ms=wall_clock_ms(),
                                     attach_certificate=True)[1]],
@@ -144,7 +146,7 @@ def test_hostile_input_is_rejected_counted_and_survived(
         assert rejected == expected
         status = local_cluster.node_status("target")
         assert status["reachable"] and node.process.poll() is None
-        assert status["counters"]["accepted"] >= 2  # the valid hello and our status requests
+        assert status["counters"]["accepted"] >= 2  # the valid request and our own status requests
     finally:
         socket.close()
 
@@ -231,3 +233,69 @@ def test_status_reports_unreachable_node_without_traceback(local_cluster: LocalC
         assert isinstance(present["counters"][counter], int)
     table = run_cli("status", "--cluster", str(local_cluster.directory), "--timeout", "0.5")
     assert "absent" in table.stdout and "unreachable" in table.stdout
+
+
+def _states_of(node: dict[str, Any]) -> dict[str, str]:
+    return {p["node_id"]: p["state"] for p in node.get("peers", [])}
+
+
+def test_five_processes_detect_a_killed_node_see_it_back_and_share_gossip(
+    local_cluster: LocalCluster,
+) -> None:
+    bound_s = detection_bound_s(MembershipConfig().to_settings(), 5)
+    first = local_cluster.start("n1")
+    for name in ("n2", "n3", "n4", "n5"):
+        local_cluster.start(name, seeds=[first.listen])
+    wait_for(lambda: _all_see_each_other(local_cluster), timeout_s=30,
+             what="five nodes to see each other alive")
+
+    victim = next(n for n in local_cluster.nodes if n.name == "n4")
+    victim.process.send_signal(signal.SIGKILL)
+    victim.process.wait(timeout=5)
+
+    def every_survivor_sees_it_dead() -> bool:
+        nodes = [n for n in local_cluster.status()["nodes"] if n["name"] != "n4"]
+        return all(n["reachable"] and _states_of(n).get(victim.node_id) == "dead"
+                   for n in nodes)
+
+    wait_for(every_survivor_sees_it_dead, timeout_s=bound_s,
+             what=f"every survivor to declare n4 dead within {bound_s:.0f} s")
+
+    local_cluster.start("n4", seeds=[first.listen])
+    wait_for(lambda: _all_see_each_other(local_cluster), timeout_s=bound_s,
+             what="n4 to be alive again everywhere")
+    incarnations = {p["incarnation"] for n in local_cluster.status()["nodes"]
+                    for p in n["peers"] if p["node_id"] == victim.node_id}
+    assert min(incarnations) > 0  # it refuted its death with a higher incarnation
+
+    cluster = str(local_cluster.directory)
+    run_cli("gossip", "set", "team/lead", '{"name": "ada"}', "--cluster", cluster,
+            "--node", "n2")
+
+    def everyone_holds_it() -> bool:
+        for name in ("n1", "n2", "n3", "n4", "n5"):
+            answer = run_cli("gossip", "get", "team/lead", "--cluster", cluster, "--node", name,
+                             "--json", check=False)
+            if answer.returncode != 0 or json.loads(answer.stdout)["value"] != {"name": "ada"}:
+                return False
+        return True
+
+    wait_for(everyone_holds_it, timeout_s=20, what="the gossip value on all five nodes")
+    listing = json.loads(run_cli("gossip", "list", "node/", "--cluster", cluster,
+                                 "--json").stdout)
+    assert len(listing["items"]) == 5  # every node publishes its metadata
+
+
+def test_gossip_cli_reports_missing_keys_and_unknown_nodes(local_cluster: LocalCluster) -> None:
+    local_cluster.start("solo")
+    cluster = str(local_cluster.directory)
+    missing = run_cli("gossip", "get", "no/such", "--cluster", cluster, check=False)
+    assert missing.returncode == 1 and "no key 'no/such'" in missing.stderr
+    unknown = run_cli("gossip", "get", "x", "--cluster", cluster, "--node", "ghost",
+                      check=False)
+    assert unknown.returncode == 1 and "no node named 'ghost'" in unknown.stderr
+    run_cli("gossip", "set", "greeting", "hello", "--cluster", cluster)
+    assert run_cli("gossip", "get", "greeting", "--cluster", cluster).stdout.strip() == '"hello"'
+    run_cli("gossip", "del", "greeting", "--cluster", cluster)
+    assert run_cli("gossip", "get", "greeting", "--cluster", cluster,
+                   check=False).returncode == 1

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
 from pydantic import BaseModel
 
 from mesh.config import NodeConfig
-from mesh.errors import MessageTooLarge, RequestTimeout
+from mesh.errors import MeshError, MessageTooLarge, RequestTimeout
 from mesh.identity import ClusterAuthority, Identity
 from mesh.runtime import Inbound, Node
 
@@ -35,12 +36,24 @@ AUTHORITY = ClusterAuthority(Identity.generate())
 
 
 def make_node(name: str, *, seeds: list[str] | None = None, listen: bool = True,
-              **config: object) -> Node:
+              node_dir: Path | None = None, **config: object) -> Node:
     identity = Identity.generate()
     certificate = AUTHORITY.issue(name=name, public_key=identity.public_key, roles=["node"],
                                   not_after=int(time.time()) + 3600)
     return Node(config=NodeConfig(name=name, seeds=seeds or [], **config), identity=identity,
-                certificate=certificate, authority_public_key=AUTHORITY.public_key, listen=listen)
+                certificate=certificate, authority_public_key=AUTHORITY.public_key, listen=listen,
+                node_dir=node_dir)
+
+
+def alive_names(node: Node) -> list[str]:
+    if node.membership is None:
+        return []
+    return [m.name for m in node.membership.members() if m.state.value == "alive"]
+
+
+def states_of(node: Node) -> dict[str, str]:
+    assert node.membership is not None
+    return {m.name: m.state.value for m in node.membership.members()}
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -56,10 +69,8 @@ async def pair(**config: object) -> AsyncIterator[tuple[Node, Node]]:
         assert first.address is not None
         second = make_node("second", seeds=[first.address], **config)
         async with second.running():
-            await until(lambda: first.peer_exchange is not None
-                        and len(first.peer_exchange.peers()) == 1
-                        and second.peer_exchange is not None
-                        and len(second.peer_exchange.peers()) == 1)
+            await until(lambda: alive_names(first) == ["second"]
+                        and alive_names(second) == ["first"])
             yield first, second
 
 
@@ -76,7 +87,9 @@ async def test_send_by_node_id_reaches_the_handler_once_per_payload() -> None:
 
 
 async def test_a_big_batch_is_split_to_fit_the_envelope_limits() -> None:
-    async with pair(envelope={"envelope_size_bytes_max": 4096, "batch_entries_max": 50}) as (
+    small = {"message_bytes_max": 2048, "value_bytes_max": 512, "key_bytes_max": 64}
+    async with pair(envelope={"envelope_size_bytes_max": 4096, "batch_entries_max": 50},
+                    gossip=small) as (
         first, second,
     ):
         envelopes: list[int] = []
@@ -138,22 +151,112 @@ async def test_send_to_an_unknown_node_is_refused_and_counted() -> None:
         assert node.counters.send_dropped == 1
 
 
-async def test_dead_peer_is_suspected_then_dead_and_seen_again_when_back() -> None:
-    timing = {"peers": {"tick_interval_ms": 10, "exchange_interval_ms": 50,
-                        "suspect_after_ms": 200, "dead_after_ms": 400,
-                        "forget_after_ms": 5000}}
-    watcher = make_node("watcher", **timing)
+FAST = {"tick_interval_ms": 10,
+        "membership": {"probe_interval_ms": 100, "probe_timeout_ms": 40,
+                       "suspicion_min_multiplier": 2.0, "suspicion_max_multiplier": 2.0,
+                       "push_pull_interval_ms": 500, "join_retry_interval_ms": 100},
+        "gossip": {"round_interval_ms": 50}}
+
+
+async def test_a_crashed_member_is_declared_dead_and_rejoins_alive_with_higher_incarnation(
+) -> None:
+    watcher = make_node("watcher", **FAST)
     async with watcher.running():
-        assert watcher.address is not None and watcher.peer_exchange is not None
-        px = watcher.peer_exchange
-        states = lambda: [p.state.value for p in px.peers()]  # noqa: E731
-        visitor = make_node("visitor", seeds=[watcher.address], **timing)
+        assert watcher.address is not None and watcher.membership is not None
+        visitor = make_node("visitor", seeds=[watcher.address], **FAST)
         async with visitor.running():
-            await until(lambda: states() == ["alive"])
-        await until(lambda: states() == ["suspect"])
-        await until(lambda: states() == ["dead"])
+            await until(lambda: states_of(watcher) == {"visitor": "alive"})
+        # The visitor stopped without a word (cancelled, no leave): a crash.
+        await until(lambda: states_of(watcher) == {"visitor": "suspect"})
+        await until(lambda: states_of(watcher) == {"visitor": "dead"})
+        dead_at = watcher.membership.member(visitor.node_id).incarnation  # type: ignore[union-attr]
         again = Node(config=visitor.config, identity=visitor.identity,
                      certificate=visitor.certificate,
                      authority_public_key=AUTHORITY.public_key)
         async with again.running():
-            await until(lambda: states() == ["alive"])
+            await until(lambda: states_of(watcher) == {"visitor": "alive"})
+            member = watcher.membership.member(visitor.node_id)
+            assert member is not None and member.incarnation > dead_at
+
+
+async def test_a_leaving_member_is_shown_gone_at_once() -> None:
+    watcher = make_node("watcher", **FAST)
+    async with watcher.running():
+        assert watcher.address is not None
+        visitor = make_node("visitor", seeds=[watcher.address], **{**FAST, "leave_grace_ms": 50})
+        async with visitor.running():
+            await until(lambda: states_of(watcher) == {"visitor": "alive"})
+            await visitor.leave()
+        assert states_of(watcher) == {"visitor": "left"}
+        status = watcher.status()
+        assert [(p["name"], p["state"], p["left"]) for p in status["peers"]] == [
+            ("visitor", "dead", True)]
+
+
+async def test_gossip_values_spread_and_subscribers_see_changes_in_order() -> None:
+    async with pair(**FAST) as (first, second):
+        seen_by_callback: list[tuple[str, object]] = []
+        second.gossip.on_change("app/", lambda c: seen_by_callback.append((c.key, c.value)))
+        async with second.gossip.subscribe("app/") as changes:
+            first.gossip.set("app/color", "blue")
+            first.gossip.set("other/ignored", 1)
+            first.gossip.set("app/color", "green")
+            await until(lambda: second.gossip.get("app/color") == "green")
+            first.gossip.delete("app/color")
+            first.gossip.set("app/size", {"w": 3})
+            await until(lambda: second.gossip.get("app/size") == {"w": 3}
+                        and second.gossip.get("app/color") is None)
+            received = []
+            while changes.pending():
+                change = await changes.next()
+                received.append((change.key, change.kind.value, change.value))
+        assert all(key.startswith("app/") for key, _, _ in received)
+        colors = [(kind, value) for key, kind, value in received if key == "app/color"]
+        assert colors[-1][0] == "deleted" and ("set", "green") in colors
+        assert ("app/size", "set", {"w": 3}) in received
+        assert seen_by_callback[-1] == ("app/size", {"w": 3})
+        assert second.gossip.get("app/color") is None
+        assert second.gossip.get("other/ignored") == 1
+
+
+async def test_each_node_publishes_its_metadata_in_gossip() -> None:
+    async with pair(**FAST) as (first, second):
+        key = f"node/{first.node_id.hex()}"
+        await until(lambda: second.gossip.get(key) is not None)
+        assert second.gossip.get(key)["name"] == "first"  # type: ignore[index]
+        assert second.gossip.get(key)["listen"] == first.address  # type: ignore[index]
+
+
+async def test_a_slow_subscriber_loses_the_oldest_changes_and_is_told() -> None:
+    node = make_node("solo", **{**FAST, "gossip": {"subscription_queue_max": 3}})
+    async with node.running():
+        subscription = node.gossip.subscribe("k/")
+        for index in range(10):
+            node.gossip.set(f"k/{index}", index)
+        assert subscription.missed == 7 and subscription.pending() == 3
+        assert [(await subscription.next()).key for _ in range(3)] == ["k/7", "k/8", "k/9"]
+        subscription.close()
+        with pytest.raises(StopAsyncIteration):
+            await subscription.next()
+
+
+async def test_a_client_node_has_no_gossip_state() -> None:
+    client = make_node("client", listen=False)
+    with pytest.raises(MeshError, match="holds no gossip state"):
+        client.gossip.get("x")
+
+
+async def test_members_are_remembered_for_a_restart_without_seeds(tmp_path: Path) -> None:
+    first = make_node("first", **FAST)
+    async with first.running():
+        assert first.address is not None
+        second = make_node("second", seeds=[first.address], node_dir=tmp_path, **FAST)
+        async with second.running():
+            await until(lambda: alive_names(second) == ["first"])
+            await until(lambda: (tmp_path / "members.json").exists())
+        # Restarted with no seeds at all, it finds the cluster from what it remembered.
+        again = Node(config=second.config.model_copy(update={"seeds": []}),
+                     identity=second.identity, certificate=second.certificate,
+                     authority_public_key=AUTHORITY.public_key, node_dir=tmp_path)
+        async with again.running():
+            await until(lambda: alive_names(again) == ["first"])
