@@ -352,8 +352,18 @@ class SimNode:
 
     def drain(self) -> None:
         """Send every core's pending outbox and pass on its events (no hooks)."""
-        for entry in self._driven:
-            self._drain(entry)
+        # ``_drain`` inlined: the world drains every node after every batch's hook.
+        for core, take_events in self._driven:
+            outbox = core.take_outbox()
+            if outbox:
+                self.counters.sent += len(outbox)
+                send = self._host.send
+                for out in outbox:
+                    send(self, out)
+            if take_events is not None:
+                events = take_events()
+                if events:
+                    self._host.core_events(self, core, events)
 
     def flush(self) -> None:
         """``drain`` and then run the world's per-node hook and checkers.

@@ -95,8 +95,16 @@ class _Encoder:
         hit = self._sequences.get(id(sequence))
         if hit is not None and hit[0] is sequence:
             return hit[1]
+        items: Sequence[Any] = sequence
+        kind = type(sequence[0])
+        if _plain_model(kind):
+            # A long list of models (a membership sync): what ``_default`` would do
+            # for each, in one comprehension instead of one call back per item.
+            items = [
+                tuple(item.__dict__.values()) if type(item) is kind else item for item in sequence
+            ]
         encoded = hashlib.blake2b(
-            self._packer.pack(sequence), digest_size=_SEQUENCE_HASH_BYTES
+            self._packer.pack(items), digest_size=_SEQUENCE_HASH_BYTES
         ).digest()
         sequences = self._sequences
         if len(sequences) >= _CACHE_ENTRIES_MAX:
@@ -116,6 +124,18 @@ class _Encoder:
         if isinstance(obj, enum.Enum):
             return obj.value
         return repr(obj)
+
+
+_PLAIN_MODELS: dict[type[Any], bool] = {}
+
+
+def _plain_model(kind: type[Any]) -> bool:
+    """Whether instances of ``kind`` are models whose fields are all in ``__dict__``."""
+    plain = _PLAIN_MODELS.get(kind)
+    if plain is None:
+        plain = issubclass(kind, BaseModel) and kind.model_config.get("extra") != "allow"
+        _PLAIN_MODELS[kind] = plain
+    return plain
 
 
 def canonical_payload(payload: BaseModel) -> bytes:

@@ -84,6 +84,7 @@ from consensus.gossip.messages import (
     GossipRecord,
     make_origin,
     record_size_bytes,
+    trusted,
     writer_of,
 )
 from consensus.gossip.orset import ORSet, Tag, tag_supersedes
@@ -404,14 +405,17 @@ class Gossip:
         self, key: str, value: bytes, *, deleted: bool, tag: Tag | None, timestamp: int = 0
     ) -> GossipRecord:
         self._version += 1
-        return GossipRecord.model_construct(
-            key=key,
-            value=value,
-            deleted=deleted,
-            timestamp=timestamp or self._clock.now(self._wall()),
-            origin=self._origin,
-            version=self._version,
-            tag=tag,
+        return trusted(
+            GossipRecord,
+            {
+                "key": key,
+                "value": value,
+                "deleted": deleted,
+                "timestamp": timestamp or self._clock.now(self._wall()),
+                "origin": self._origin,
+                "version": self._version,
+                "tag": tag,
+            },
         )
 
     def _commit_local(self, key: StoreKey, record: GossipRecord) -> None:
@@ -610,11 +614,13 @@ class Gossip:
             if settings.rumors_per_message_max and len(self._rumors):
                 rumors = self._rumors.take(settings.rumors_per_message_max, rumor_bytes)
                 self._counters["rumors_sent"] += len(rumors)
-            if payload is None or payload.digest is not digest or not _same_objects(
-                payload.rumors, rumors
+            if (
+                payload is None
+                or payload.digest is not digest
+                or not _same_objects(payload.rumors, rumors)
             ):
-                payload = GossipDigest.model_construct(
-                    digest=digest, summary=summary, rumors=rumors
+                payload = trusted(
+                    GossipDigest, {"digest": digest, "summary": summary, "rumors": rumors}
                 )
             self._send(DIGEST, payload, peer)
         self._last_digest = payload
@@ -640,19 +646,16 @@ class Gossip:
                 self._apply_all(payload.rumors)
             if versions.matches(theirs):
                 return  # in sync: the exchange is this one digest
-        lacking = self._versions.lacking(theirs)
-        mine = self._versions.watermarks.get
+        lacking, behind = versions.compare(theirs)
         own = self._origin
-        request = tuple(
-            (origin, mine(origin, 0))
-            for origin, version in theirs.items()
-            if version > mine(origin, 0) and origin != own
-        )
+        request = tuple(pair for pair in behind if pair[0] != own)
         if lacking or request:
             records, advances = self._deltas(lacking)
             self._send(
                 DELTAS,
-                GossipDeltas.model_construct(records=records, advances=advances, request=request),
+                trusted(
+                    GossipDeltas, {"records": records, "advances": advances, "request": request}
+                ),
                 sender,
             )
 
@@ -676,7 +679,9 @@ class Gossip:
         if lacking:
             records, advances = self._deltas(lacking)
             self._send(
-                DELTAS, GossipDeltas.model_construct(records=records, advances=advances), sender
+                DELTAS,
+                trusted(GossipDeltas, {"records": records, "advances": advances, "request": ()}),
+                sender,
             )
 
     def _deltas(

@@ -19,6 +19,12 @@ Any change of membership restarts every epoch (bit positions move, and a member
 that just arrived has confirmed nothing). A node without members confirms nothing.
 Overwritten tombstones leave stale heap entries; they are skipped when they reach
 the top and the heap is rebuilt once half of it is stale.
+
+``collect`` runs every gossip round but rarely finds work: after each pass the
+collector notes the earliest cutoff at which the next pass could collect (the
+oldest confirmed tombstone's timestamp) and skips passes before it, until a
+tombstone is tracked or overwritten or an epoch completes, which may bring it
+forward.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Generic, TypeVar
 __all__ = ["TombstoneCollector"]
 
 _REBUILD_STALE_MIN = 32
+_NEVER = 1 << 64  # above every timestamp: no collection is due
 
 K = TypeVar("K", bound=Hashable)
 
@@ -55,13 +62,15 @@ class TombstoneCollector(Generic[K]):
     ``collect``) says whether that tombstone is still the record stored there.
     """
 
-    __slots__ = ("_all", "_bits", "_origins", "_seq")
+    __slots__ = ("_all", "_bits", "_idle_below", "_origins", "_seq")
 
     def __init__(self) -> None:
         self._origins: dict[bytes, _Origin[K]] = {}
         self._bits: dict[bytes, int] = {}  # member -> its bit
         self._all = 0  # every member's bit set
         self._seq = 0  # tie-breaker: store keys of different types are never compared
+        # ``collect`` with a cutoff below this has nothing to do; 0: it must look.
+        self._idle_below = 0
 
     def __bool__(self) -> bool:
         return bool(self._origins)
@@ -76,6 +85,7 @@ class TombstoneCollector(Generic[K]):
         for state in self._origins.values():
             state.ready = state.confirmed = 0
             state.target = state.highest
+        self._idle_below = 0
 
     def track(self, origin: bytes, version: int, key: K, timestamp: int) -> None:
         """A tombstone written at ``timestamp`` was stored under ``key``."""
@@ -88,24 +98,32 @@ class TombstoneCollector(Generic[K]):
             state.highest = version
         if state.target <= state.ready:
             state.target = state.highest
+        self._idle_below = 0
 
     def untrack(self, origin: bytes) -> None:
         """A tracked tombstone of ``origin`` was overwritten by a later write."""
         state = self._origins.get(origin)
         if state is not None:
             state.stale += 1
+            self._idle_below = 0
 
     def note_digest(self, member: bytes, versions: Mapping[bytes, int]) -> None:
         """``member`` sent its full digest."""
         bit = self._bits.get(member)
         if bit is None or not self._origins:
             return
+        # Every digest received comes here, and in a large cluster nearly every one is
+        # from a member not yet counted: ``_confirm`` inlined.
         get = versions.get
+        everyone = self._all
         for origin, state in self._origins.items():
-            # A member already confirmed for this epoch has nothing to add.
             target = state.target
-            if target > state.ready and not state.confirmed & bit and get(origin, 0) >= target:
-                self._confirm(state, bit)
+            if target > state.ready and get(origin, 0) >= target:
+                confirmed = state.confirmed | bit
+                if confirmed == everyone:
+                    self._complete(state)
+                else:
+                    state.confirmed = confirmed
 
     def note_versions(self, member: bytes, pairs: Iterable[tuple[bytes, int]]) -> None:
         """``member`` reported its versions for some origins."""
@@ -114,48 +132,54 @@ class TombstoneCollector(Generic[K]):
             return
         for origin, version in pairs:
             state = self._origins.get(origin)
-            if (
-                state is not None
-                and state.target > state.ready
-                and not state.confirmed & bit
-                and version >= state.target
-            ):
+            if state is not None and state.target > state.ready and version >= state.target:
                 self._confirm(state, bit)
 
     def collect(self, is_current: Callable[[bytes, int, K], bool], cutoff: int) -> list[K]:
         """Pop and return the store keys of confirmed tombstones written at or before
         the ``cutoff`` timestamp."""
         collected: list[K] = []
+        if cutoff < self._idle_below:
+            return collected
+        idle_below = _NEVER
         for origin in list(self._origins):
             state = self._origins[origin]
-            top = state.heap[0]
-            if not state.stale and (top[0] > state.ready or top[3] > cutoff):
-                # Without stale entries every one is current: nothing to prune, and the
-                # oldest cannot be collected yet, so neither can the others.
-                continue
-            heap = self._prune(origin, state, is_current)
-            while heap and heap[0][0] <= state.ready and heap[0][3] <= cutoff:
-                version, _, key, _ = heapq.heappop(heap)
-                if is_current(origin, version, key):
-                    collected.append(key)
-                else:
-                    state.stale = max(0, state.stale - 1)
-            if not heap:
-                del self._origins[origin]
+            heap = state.heap
+            if state.stale or (heap[0][0] <= state.ready and heap[0][3] <= cutoff):
+                self._prune(origin, state, is_current)
+                while heap and heap[0][0] <= state.ready and heap[0][3] <= cutoff:
+                    version, _, key, _ = heapq.heappop(heap)
+                    if is_current(origin, version, key):
+                        collected.append(key)
+                    else:
+                        state.stale = max(0, state.stale - 1)
+                if not heap:
+                    del self._origins[origin]
+                    continue
+            # Without stale entries every one is current. A confirmed top goes once
+            # the cutoff reaches its timestamp; unconfirmed ones wait for an epoch.
+            if heap[0][0] <= state.ready:
+                idle_below = min(idle_below, heap[0][3])
+        self._idle_below = idle_below
         return collected
 
     def _confirm(self, state: _Origin[K], bit: int) -> None:
         state.confirmed |= bit
         if state.confirmed == self._all:
-            state.ready = state.target
-            state.confirmed = 0
-            # Deletes that arrived during the epoch wait for the next one.
-            state.target = state.highest if state.highest > state.ready else state.ready
+            self._complete(state)
+
+    def _complete(self, state: _Origin[K]) -> None:
+        """Every member confirmed the epoch's target: start the next epoch."""
+        state.ready = state.target
+        state.confirmed = 0
+        self._idle_below = 0
+        # Deletes that arrived during the epoch wait for the next one.
+        state.target = state.highest if state.highest > state.ready else state.ready
 
     @staticmethod
     def _prune(
         origin: bytes, state: _Origin[K], is_current: Callable[[bytes, int, K], bool]
-    ) -> list[tuple[int, int, K, int]]:
+    ) -> None:
         heap = state.heap
         if state.stale >= _REBUILD_STALE_MIN and 2 * state.stale > len(heap):
             heap[:] = [item for item in heap if is_current(origin, item[0], item[2])]
@@ -164,4 +188,3 @@ class TombstoneCollector(Generic[K]):
         while heap and not is_current(origin, heap[0][0], heap[0][2]):
             heapq.heappop(heap)
             state.stale = max(0, state.stale - 1)
-        return heap

@@ -86,8 +86,16 @@ def log_since(log: OriginLog, version: int) -> Iterable[GossipRecord]:
 class VersionTracker:
     """Per origin: the watermark and the pending versions above it."""
 
-    __slots__ = ("_digest", "_pairs", "_pending", "_positions", "_summary", "_summary_sum",
-                 "_watermarks", "pending_dropped")
+    __slots__ = (
+        "_digest",
+        "_pairs",
+        "_pending",
+        "_positions",
+        "_summary",
+        "_summary_sum",
+        "_watermarks",
+        "pending_dropped",
+    )
 
     def __init__(self) -> None:
         self._watermarks: dict[bytes, int] = {}
@@ -147,6 +155,36 @@ class VersionTracker:
                 if origin not in listed and max(pending) > have(origin, 0):
                     lacking.append((origin, have(origin, 0)))
         return lacking
+
+    def compare(
+        self, theirs: Mapping[bytes, int]
+    ) -> tuple[list[tuple[bytes, int]], list[tuple[bytes, int]]]:
+        """``(lacking(theirs), behind)``, where ``behind`` is (origin, our watermark) for
+        each origin where ``theirs`` is higher, in their order.
+
+        One pass over ``theirs`` finds both when nothing is pending (the common case:
+        digests differ in an origin or two, often one they have not heard of yet);
+        otherwise ``lacking`` is worked out in full.
+        """
+        get = self._watermarks.get
+        behind: list[tuple[bytes, int]] = []
+        ahead: list[tuple[bytes, int]] = []
+        known = 0
+        for origin, version in theirs.items():
+            have = get(origin, 0)
+            if have:
+                known += 1
+            if version > have:
+                behind.append((origin, have))
+            elif version < have:
+                ahead.append((origin, version))
+        if self._pending:
+            return self.lacking(theirs), behind
+        if known < len(self._watermarks):
+            ahead += [(origin, 0) for origin in self._watermarks.keys() - theirs.keys()]
+        if len(ahead) > 1:
+            ahead.sort(key=lambda pair: self._positions[pair[0]])  # our order, as lacking()
+        return ahead, behind
 
     def receive(self, origin: bytes, version: int) -> None:
         """Note that ``version`` of ``origin`` arrived (the caller checked ``covers``)."""

@@ -38,6 +38,7 @@ from types import MappingProxyType
 from pydantic import BaseModel
 
 from consensus.core import Incoming, Outgoing
+from consensus.gossip.messages import trusted
 from mesh.membership.awareness import Awareness
 from mesh.membership.broadcasts import BroadcastQueue, retransmit_limit
 from mesh.membership.members import (
@@ -202,13 +203,17 @@ class _Record:
         )
 
     def _build(self, suspector: bytes | None) -> MemberUpdate:
-        return MemberUpdate(
-            node_id=self.node_id,
-            name=self.name,
-            address=self.address,
-            incarnation=self.incarnation,
-            state=_STATE_NAME[self.state],
-            suspector=suspector,
+        # Our own table's values are valid: skip validation on this hot path.
+        return trusted(
+            MemberUpdate,
+            {
+                "node_id": self.node_id,
+                "name": self.name,
+                "address": self.address,
+                "incarnation": self.incarnation,
+                "state": _STATE_NAME[self.state],
+                "suspector": suspector,
+            },
         )
 
 
@@ -978,44 +983,60 @@ class Membership:
             return
         self._outbox.append(out)
 
+    # Pings, acks and syncs are most of what this core sends, and what they carry
+    # is its own valid state: they are built with ``trusted`` (no validation).
+
     def _send_ack(self, seq: int, to: bytes, address: str) -> None:
-        ack = Ack(
-            name=self._name,
-            address=self._address,
-            incarnation=self._incarnation,
-            seq=seq,
-            target=self._node_id,
-            updates=self._piggyback(to),
+        ack = trusted(
+            Ack,
+            {
+                "name": self._name,
+                "address": self._address,
+                "incarnation": self._incarnation,
+                "seq": seq,
+                "target": self._node_id,
+                "updates": self._piggyback(to),
+            },
         )
         self._send(ACK, ack, to, address)
         self._counters["acks_sent"] += 1
 
     def _ping(self, seq: int, target: bytes) -> Ping:
-        return Ping(
-            name=self._name,
-            address=self._address,
-            incarnation=self._incarnation,
-            seq=seq,
-            target=target,
-            updates=self._piggyback(target),
+        return trusted(
+            Ping,
+            {
+                "name": self._name,
+                "address": self._address,
+                "incarnation": self._incarnation,
+                "seq": seq,
+                "target": target,
+                "updates": self._piggyback(target),
+            },
         )
 
     def _sync(self, *, wants_reply: bool, members: tuple[MemberUpdate, ...]) -> Sync:
-        return Sync(
-            name=self._name,
-            address=self._address,
-            incarnation=self._incarnation,
-            wants_reply=wants_reply,
-            members=members,
+        return trusted(
+            Sync,
+            {
+                "name": self._name,
+                "address": self._address,
+                "incarnation": self._incarnation,
+                "wants_reply": wants_reply,
+                "members": members,
+            },
         )
 
     def _self_update(self) -> MemberUpdate:
-        return MemberUpdate(
-            node_id=self._node_id,
-            name=self._name,
-            address=self._address,
-            incarnation=self._incarnation,
-            state="left" if self._left else "alive",
+        return trusted(
+            MemberUpdate,
+            {
+                "node_id": self._node_id,
+                "name": self._name,
+                "address": self._address,
+                "incarnation": self._incarnation,
+                "state": "left" if self._left else "alive",
+                "suspector": None,
+            },
         )
 
     def _piggyback(self, to: bytes) -> tuple[MemberUpdate, ...]:
