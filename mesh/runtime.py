@@ -73,6 +73,7 @@ RUN_FILE_NAME = "run.json"
 MEMBERS_FILE_NAME = "members.json"
 NODE_METADATA_PREFIX = "node/"
 _MEMBERS_FILE_INTERVAL_S = 2.0
+_CERTIFICATE_FIRST_ENVELOPES = 3
 
 
 def wall_clock_ms() -> int:
@@ -154,6 +155,7 @@ class Node:
         self._gossip: NodeGossip | None = None
         self._after_flush: dict[int, Callable[[], None]] = {}
         self._members_dirty = False
+        self._certificates_sent: dict[bytes, int] = {}  # insertion order: oldest first
         self.registry.register(STATUS_REQUEST, StatusRequest)
         self.registry.register(STATUS_RESPONSE, StatusResponse)
         self.registry.register(GOSSIP_RESPONSE, GossipResponse)
@@ -538,10 +540,27 @@ class Node:
         target: bytes | str = out.to_address if out.to_address is not None else out.to_node  # type: ignore[assignment]
         try:
             self.send_nowait(target, out.kind, out.payloads,
-                             attach_certificate=out.attach_certificate)
+                             attach_certificate=out.attach_certificate
+                             or self._first_contact(out.to_node))
         except MessageTooLarge as exc:
             self.counters.send_dropped += 1
             log.error("core message dropped: %s", exc)
+
+    def _first_contact(self, node_id: bytes | None) -> bool:
+        """Whether to attach our certificate because this peer may not have it yet.
+
+        A core that learns of a member through others (gossip picking a peer
+        membership heard of second-hand) would otherwise send it envelopes it
+        must refuse as ``unknown_sender``. The first few envelopes to each
+        node carry the certificate; the map is bounded like the trust store.
+        """
+        if node_id is None:
+            return False
+        sent = self._certificates_sent.pop(node_id, 0)
+        self._certificates_sent[node_id] = sent + 1
+        if len(self._certificates_sent) > self.config.envelope.trusted_senders_max:
+            del self._certificates_sent[next(iter(self._certificates_sent))]
+        return sent < _CERTIFICATE_FIRST_ENVELOPES
 
     # -- receiving ---------------------------------------------------------------
 
