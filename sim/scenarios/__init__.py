@@ -7,12 +7,14 @@ from collections.abc import Callable
 from sim.scenario import Scenario
 from sim.scenarios.gossip import GossipScenario
 from sim.scenarios.membership import MembershipScenario
+from sim.scenarios.raft import RaftScenario
 
 __all__ = ["SCENARIOS", "scenario_named"]
 
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "membership": MembershipScenario,
     "gossip": GossipScenario,
+    "raft": RaftScenario,
 }
 
 
