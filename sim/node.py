@@ -172,6 +172,7 @@ class SimNode:
         "skew_ms",
         "state",
         "tick_interval_s",
+        "up",
     )
 
     def __init__(
@@ -194,6 +195,8 @@ class SimNode:
         self.address = f"sim://{self.name}"
         self.disk = SimDisk()
         self.state = NodeState.CRASHED  # until ``start``
+        #: True if the node's process runs (not crashed, not paused).
+        self.up = False
         self.restarts = 0
         self.skew_ms = 0
         self.epoch_ms = epoch_ms
@@ -230,10 +233,10 @@ class SimNode:
 
     # -- state ---------------------------------------------------------------------
 
-    @property
-    def up(self) -> bool:
-        """True if the node's process runs (not crashed, not paused)."""
-        return self.state is NodeState.UP
+    def _enter(self, state: NodeState) -> None:
+        self.state = state
+        # A plain attribute rather than a property: hooks ask after every batch.
+        self.up = state is NodeState.UP
 
     def core(self, cls: type[C]) -> C:
         """The current core that is an instance of ``cls``; LookupError if none."""
@@ -268,7 +271,7 @@ class SimNode:
         self._by_type = {}
         self._by_kind = by_kind
         self._driven = tuple(driven)
-        self.state = NodeState.UP
+        self._enter(NodeState.UP)
         self._schedule_tick(phase_s)
         self.flush()
 
@@ -281,7 +284,7 @@ class SimNode:
         if self.state is NodeState.CRASHED:
             return 0
         self._timer_token += 1
-        self.state = NodeState.CRASHED
+        self._enter(NodeState.CRASHED)
         self.cores = ()
         self.context = None
         self._by_type = {}
@@ -302,13 +305,13 @@ class SimNode:
         """Stop ticking and processing (SIGSTOP); arrivals are queued by the world."""
         if self.state is NodeState.UP:
             self._timer_token += 1
-            self.state = NodeState.PAUSED
+            self._enter(NodeState.PAUSED)
 
     def resume(self) -> list[InFlight]:
         """Continue (SIGCONT): timers fire at once; returns the queued messages to deliver."""
         if self.state is not NodeState.PAUSED:
             return []
-        self.state = NodeState.UP
+        self._enter(NodeState.UP)
         queued = list(self.inbox)
         self.inbox.clear()
         self._schedule_tick(0.0)

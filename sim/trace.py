@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import sys
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +44,14 @@ _BATCH_RECORDS = 1024
 # A tuple or list field at least this long is encoded once per object (and hashed):
 # below it, the identity lookup costs about what encoding does.
 _LONG_SEQUENCE_MIN = 16
+# Sequences this long (a membership sync's whole table, which a node re-sends while
+# its table is unchanged) get a cache of their own, so that the stream of short ones
+# (gossip digests, one per node per round) does not push them out before they come
+# again. It must not keep tables that changed alive, so every so many entries it
+# drops those only it still holds (nothing can send those again).
+_LARGE_SEQUENCE_MIN = 256
+_LARGE_CACHE_ENTRIES_MAX = 4096
+_LARGE_CACHE_SWEEP_EVERY = 128
 _SEQUENCE_HASH_BYTES = 16
 
 
@@ -63,11 +72,13 @@ class _Encoder:
     which msgpack packs in C except for models and unusual types.
     """
 
-    __slots__ = ("_models", "_packer", "_sequences")
+    __slots__ = ("_large", "_large_added", "_models", "_packer", "_sequences")
 
     def __init__(self) -> None:
         self._models: dict[int, tuple[BaseModel, bytes]] = {}
         self._sequences: dict[int, tuple[Sequence[Any], bytes]] = {}
+        self._large: dict[int, tuple[Sequence[Any], bytes]] = {}
+        self._large_added = 0
         self._packer = msgpack.Packer(use_bin_type=True, default=self._default)
 
     def model(self, model: BaseModel) -> bytes:
@@ -92,7 +103,9 @@ class _Encoder:
         return encoded
 
     def _sequence(self, sequence: Sequence[Any]) -> bytes:
-        hit = self._sequences.get(id(sequence))
+        large = len(sequence) >= _LARGE_SEQUENCE_MIN
+        cache = self._large if large else self._sequences
+        hit = cache.get(id(sequence))
         if hit is not None and hit[0] is sequence:
             return hit[1]
         items: Sequence[Any] = sequence
@@ -106,10 +119,13 @@ class _Encoder:
         encoded = hashlib.blake2b(
             self._packer.pack(items), digest_size=_SEQUENCE_HASH_BYTES
         ).digest()
-        sequences = self._sequences
-        if len(sequences) >= _CACHE_ENTRIES_MAX:
-            sequences.clear()
-        sequences[id(sequence)] = (sequence, encoded)
+        if large:
+            self._large_added += 1
+            if self._large_added % _LARGE_CACHE_SWEEP_EVERY == 0:
+                _drop_unreferenced(cache)
+        if len(cache) >= (_LARGE_CACHE_ENTRIES_MAX if large else _CACHE_ENTRIES_MAX):
+            cache.clear()
+        cache[id(sequence)] = (sequence, encoded)
         return encoded
 
     @staticmethod
@@ -124,6 +140,14 @@ class _Encoder:
         if isinstance(obj, enum.Enum):
             return obj.value
         return repr(obj)
+
+
+def _drop_unreferenced(cache: dict[int, tuple[Sequence[Any], bytes]]) -> None:
+    """Forget the entries whose sequence nothing but ``cache`` refers to any more."""
+    # getrefcount counts its own argument: 2 means the cache entry is the only holder.
+    unused = [key for key, entry in cache.items() if sys.getrefcount(entry[0]) <= 2]
+    for key in unused:
+        del cache[key]
 
 
 _PLAIN_MODELS: dict[type[Any], bool] = {}

@@ -301,12 +301,15 @@ class World:
         the tick interval), so it may be moderately expensive.
         """
         step = check_every_s or self.tick_interval_s
-        if predicate():
-            return True
-        while self.now < deadline:
-            self.advance(min(self.now + step, deadline))
+        # Relaxed across the predicate too: handing the default thresholds back
+        # between steps would set off a full collection at each one.
+        with _relaxed_collector():
             if predicate():
                 return True
+            while self.now < deadline:
+                self.advance(min(self.now + step, deadline))
+                if predicate():
+                    return True
         return False
 
     def check(self) -> list[Violation]:

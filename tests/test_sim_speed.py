@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from consensus.core import Incoming
 from consensus.gossip import DIGEST, Gossip, GossipDigest, GossipSettings
 from consensus.gossip.messages import GossipDeltas, GossipRecord, trusted
+from consensus.gossip.rumors import RumorQueue
 from consensus.gossip.versions import VersionTracker
 from mesh.membership import LIVE_STATES, MembershipSettings, MemberState
 from mesh.membership.core import Membership
@@ -145,6 +146,43 @@ def test_digest_summary_is_a_hash_of_the_watermarks_in_any_order() -> None:
     first.receive(origins[0], 6)
     assert first.summary() != second.summary()
     assert dict(first.digest(1 << 16)) == dict(first.watermarks)
+
+
+def test_a_digest_of_a_recent_state_is_answered_from_the_moves_since() -> None:
+    rng = Random(3)
+    origins = [bytes([index]) * 16 + bytes(8) for index in range(6)]
+    tracker = VersionTracker()
+    states = []
+    for _ in range(40):
+        states.append((tracker.summary(), dict(tracker.watermarks)))
+        origin = rng.choice(origins)
+        tracker.receive(origin, tracker.watermark(origin) + 1)
+    assert tracker.since(tracker.summary()) is None  # the current state is not "recent"
+    for summary, watermarks in states[-16:]:
+        then = tracker.since(summary)
+        assert then is not None and tracker.state_then(then) == watermarks
+        assert tracker.lacking_since(then) == tracker.lacking(watermarks)
+        assert tracker.compare(watermarks) == (tracker.lacking(watermarks), [])
+    assert tracker.since(states[0][0]) is None  # forgotten: too old
+
+
+def test_taking_rumours_for_several_peers_at_once_equals_taking_them_one_by_one() -> None:
+    rng = Random(9)
+    for _ in range(200):
+        one, many = RumorQueue(64), RumorQueue(64)
+        for key in range(rng.randint(0, 12)):
+            value = bytes(rng.randint(0, 300))
+            record = GossipRecord(key=f"k{key}", value=value, deleted=False, timestamp=1,
+                                  origin=ORIGIN_A, version=key + 1)
+            left = rng.randint(1, 4)
+            one.push(key, record, left)
+            many.push(key, record, left)
+        count, size, times = rng.randint(0, 8), rng.randint(0, 2000), rng.randint(1, 4)
+        expected = [one.take(count, size) for _ in range(times)]
+        answers = many.take_many(count, size, times)
+        assert answers == expected
+        assert [many.take(64, 1 << 20) for _ in range(4)] == [one.take(64, 1 << 20)
+                                                               for _ in range(4)]
 
 
 def gossip_core(node: int, members: int, seed: int = 1) -> Gossip:

@@ -61,6 +61,7 @@ timestamps are not folded into our clock, see ``timestamps_unobserved``).
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import is_
@@ -240,7 +241,16 @@ class Gossip:
 
     def update_members(self, node_ids: Sequence[bytes]) -> None:
         """Set the live peers (this node excluded, if present) gossip may contact."""
-        members = sorted({node for node in node_ids if node != self._node_id})
+        # Drivers call this often with a large cluster's sorted live list; keep the
+        # work in C: sorting a sorted list is one pass, and so is checking for repeats.
+        if node_ids == self._members:
+            return  # unchanged (and already sorted, unique, without us)
+        members = sorted(node_ids)
+        if len(set(members)) != len(members):
+            members = sorted(set(members))
+        position = bisect_left(members, self._node_id)
+        if position < len(members) and members[position] == self._node_id:
+            del members[position]
         if members == self._members:
             return  # unchanged: keep the tombstone confirmations gathered so far
         self._members = members
@@ -608,12 +618,15 @@ class Gossip:
         # Peers that get the same rumours get the same (immutable) payload object, and
         # so does the next round while nothing changes: cheaper to build, and to
         # encode for drivers that cache encodings by identity.
+        if settings.rumors_per_message_max and len(self._rumors):
+            batches = self._rumors.take_many(
+                settings.rumors_per_message_max, rumor_bytes, len(peers)
+            )
+        else:
+            batches = [()] * len(peers)
         payload = self._last_digest
-        for peer in peers:
-            rumors: tuple[GossipRecord, ...] = ()
-            if settings.rumors_per_message_max and len(self._rumors):
-                rumors = self._rumors.take(settings.rumors_per_message_max, rumor_bytes)
-                self._counters["rumors_sent"] += len(rumors)
+        for peer, rumors in zip(peers, batches, strict=True):
+            self._counters["rumors_sent"] += len(rumors)
             if (
                 payload is None
                 or payload.digest is not digest
@@ -638,6 +651,19 @@ class Gossip:
                 self._apply_all(payload.rumors)
             if summary == versions.summary() and not versions.has_pending:
                 return  # in sync: the exchange is this one digest
+            theirs = dict(payload.digest)
+        elif summary and (then := versions.since(summary)) is not None:
+            # They are where we were a few moves ago: their digest is our watermarks
+            # with the moved ones put back, and they lack exactly what moved.
+            self._collector.note_digest(sender, versions.state_then(then))
+            if payload.rumors:
+                self._apply_all(payload.rumors)
+            moved = versions.since(summary)  # the rumours may have moved more
+            if moved is not None and not versions.has_pending:
+                records, advances = self._deltas(versions.lacking_since(moved))
+                deltas = {"records": records, "advances": advances, "request": ()}
+                self._send(DELTAS, trusted(GossipDeltas, deltas), sender)
+                return
             theirs = dict(payload.digest)
         else:
             theirs = dict(payload.digest)
@@ -771,7 +797,7 @@ class Gossip:
 
 def _same_objects(first: Sequence[object], second: Sequence[object]) -> bool:
     """Whether two sequences hold the very same objects, in order."""
-    return len(first) == len(second) and all(map(is_, first, second))
+    return first is second or (len(first) == len(second) and all(map(is_, first, second)))
 
 
 def _utf8_length(text: str) -> int | None:

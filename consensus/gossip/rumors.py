@@ -31,13 +31,14 @@ class _Rumor:
 class RumorQueue:
     """Records to piggyback, oldest first, each with its remaining transmissions."""
 
-    __slots__ = ("_capacity", "_items", "dropped")
+    __slots__ = ("_bytes", "_capacity", "_items", "dropped")
 
     def __init__(self, capacity: int) -> None:
         assert capacity >= 1, capacity
         self._capacity = capacity
         # store key -> rumour; dicts keep insertion order, which is age order.
         self._items: dict[Hashable, _Rumor] = {}
+        self._bytes = 0  # the size of all the rumours queued
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -47,15 +48,18 @@ class RumorQueue:
         """Queue ``record`` (replacing any rumour for the same store key) at the back."""
         if transmissions <= 0:
             return
-        self._items.pop(key, None)
+        self.discard(key)
         if len(self._items) >= self._capacity:
-            del self._items[next(iter(self._items))]
+            self.discard(next(iter(self._items)))
             self.dropped += 1
-        self._items[key] = _Rumor(record, transmissions)
+        rumor = self._items[key] = _Rumor(record, transmissions)
+        self._bytes += rumor.size_bytes
 
     def discard(self, key: Hashable) -> None:
         """Stop rumouring the record stored under ``key``."""
-        self._items.pop(key, None)
+        rumor = self._items.pop(key, None)
+        if rumor is not None:
+            self._bytes -= rumor.size_bytes
 
     def take(self, count_max: int, bytes_max: int) -> tuple[GossipRecord, ...]:
         """The oldest rumours fitting the limits; each spends one transmission."""
@@ -72,5 +76,32 @@ class RumorQueue:
             if rumor.left <= 0:
                 spent.append(key)
         for key in spent:
-            del self._items[key]
+            self.discard(key)
         return tuple(taken)
+
+    def take_many(
+        self, count_max: int, bytes_max: int, times: int
+    ) -> list[tuple[GossipRecord, ...]]:
+        """What ``times`` successive ``take`` calls return, each spending as ``take`` does.
+
+        A round carries rumours to several peers, and usually the whole queue fits
+        in a message: then each call would take every rumour still there, so the
+        answers are worked out in one pass, and those that are equal are one tuple.
+        """
+        items = self._items
+        if len(items) > count_max or (self._bytes > bytes_max and len(items) > 1):
+            return [self.take(count_max, bytes_max) for _ in range(times)]
+        everything = tuple(rumor.record for rumor in items.values())
+        # A rumour with ``left`` transmissions goes in the first ``left`` answers.
+        shortest = min((rumor.left for rumor in items.values()), default=times)
+        answers = [everything] * min(shortest, times)
+        for round_ in range(len(answers), times):
+            answers.append(tuple(r.record for r in items.values() if r.left > round_))
+        spent = []
+        for key, rumor in items.items():
+            rumor.left -= min(rumor.left, times)
+            if rumor.left <= 0:
+                spent.append(key)
+        for key in spent:
+            self.discard(key)
+        return answers

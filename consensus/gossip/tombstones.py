@@ -62,11 +62,11 @@ class TombstoneCollector(Generic[K]):
     ``collect``) says whether that tombstone is still the record stored there.
     """
 
-    __slots__ = ("_all", "_bits", "_idle_below", "_origins", "_seq")
+    __slots__ = ("_all", "_idle_below", "_origins", "_positions", "_seq")
 
     def __init__(self) -> None:
         self._origins: dict[bytes, _Origin[K]] = {}
-        self._bits: dict[bytes, int] = {}  # member -> its bit
+        self._positions: dict[bytes, int] = {}  # member -> the position of its bit
         self._all = 0  # every member's bit set
         self._seq = 0  # tie-breaker: store keys of different types are never compared
         # ``collect`` with a cutoff below this has nothing to do; 0: it must look.
@@ -80,7 +80,9 @@ class TombstoneCollector(Generic[K]):
 
     def set_members(self, members: Sequence[bytes]) -> None:
         """The live members changed: restart every confirmation epoch."""
-        self._bits = {member: 1 << index for index, member in enumerate(members)}
+        # Positions, not the bits themselves: built in C, and a member's bit is
+        # computed when it is needed (a large cluster changes views often).
+        self._positions = dict(zip(members, range(len(members)), strict=True))
         self._all = (1 << len(members)) - 1
         for state in self._origins.values():
             state.ready = state.confirmed = 0
@@ -109,9 +111,10 @@ class TombstoneCollector(Generic[K]):
 
     def note_digest(self, member: bytes, versions: Mapping[bytes, int]) -> None:
         """``member`` sent its full digest."""
-        bit = self._bits.get(member)
-        if bit is None or not self._origins:
+        position = self._positions.get(member)
+        if position is None or not self._origins:
             return
+        bit = 1 << position
         # Every digest received comes here, and in a large cluster nearly every one is
         # from a member not yet counted: ``_confirm`` inlined.
         get = versions.get
@@ -127,9 +130,10 @@ class TombstoneCollector(Generic[K]):
 
     def note_versions(self, member: bytes, pairs: Iterable[tuple[bytes, int]]) -> None:
         """``member`` reported its versions for some origins."""
-        bit = self._bits.get(member)
-        if bit is None or not self._origins:
+        position = self._positions.get(member)
+        if position is None or not self._origins:
             return
+        bit = 1 << position
         for origin, version in pairs:
             state = self._origins.get(origin)
             if state is not None and state.target > state.ready and version >= state.target:

@@ -10,7 +10,10 @@ Alongside, the tracker keeps the digest's *summary*: a 16-byte hash of the
 watermarks that does not depend on their order, maintained as a sum of one hash
 per (origin, watermark) so a watermark move updates it in O(1). Equal summaries
 mean equal watermarks (up to a 128-bit hash collision), which lets a receiver
-that is in sync with a digest's sender skip reading the digest.
+that is in sync with a digest's sender skip reading the digest. The summaries of
+the last few states are kept too, with the watermarks moved since each: a digest
+from a peer that is where this node was a few moves ago (the usual way two nodes
+differ while a write spreads) is answered from those moves alone.
 
 An *origin log* is the list of records a node currently stores for one origin,
 sorted by version, so answering "what has origin O written after version v" is a
@@ -47,6 +50,8 @@ OriginLog = list[GossipRecord]
 
 _version = attrgetter("version")
 _SUMMARY_BYTES = 16
+_HISTORY_STATES = 16  # recent states whose summaries are remembered
+_MOVES_TRIM = 64  # moves no remembered state needs any more, dropped in batches
 _SUMMARY_MODULUS = 1 << (8 * _SUMMARY_BYTES)
 
 
@@ -88,6 +93,9 @@ class VersionTracker:
 
     __slots__ = (
         "_digest",
+        "_history",
+        "_moves",
+        "_moves_dropped",
         "_pairs",
         "_pending",
         "_positions",
@@ -109,6 +117,12 @@ class VersionTracker:
         self._digest: tuple[tuple[bytes, int], ...] | None = None
         self._summary_sum = 0
         self._summary: bytes | None = None
+        # Every watermark move, as (origin, its watermark before; 0 if new), oldest
+        # first, less the first ``_moves_dropped``; and for each recent state, its
+        # summary -> how many moves had been made when it was the state.
+        self._moves: list[tuple[bytes, int]] = []
+        self._moves_dropped = 0
+        self._history: dict[bytes, int] = {}
         self.pending_dropped = 0
 
     def watermark(self, origin: bytes) -> int:
@@ -230,6 +244,49 @@ class VersionTracker:
             summary = self._summary = self._summary_sum.to_bytes(_SUMMARY_BYTES, "big")
         return summary
 
+    def since(self, summary: bytes) -> dict[bytes, int] | None:
+        """If ``summary`` is that of one of our recent states: each origin whose
+        watermark moved since, with its watermark then (0: not known then).
+
+        Our watermarks with these values put back are that state's. None when the
+        summary is not one of ours (unknown, too old, or the current one).
+        """
+        made = self._history.get(summary)
+        if made is None:
+            return None
+        then: dict[bytes, int] = {}
+        for origin, before in self._moves[made - self._moves_dropped :]:
+            then.setdefault(origin, before)  # the first move of each tells its value then
+        return then
+
+    def state_then(self, then: Mapping[bytes, int]) -> dict[bytes, int]:
+        """The watermarks of the recent state ``then`` came from (see ``since``)."""
+        state = dict(self._watermarks)  # a copy of a dict: one pass in C
+        state.update(then)
+        for origin, before in then.items():
+            if not before:
+                del state[origin]
+        return state
+
+    def lacking_since(self, then: Mapping[bytes, int]) -> list[tuple[bytes, int]]:
+        """``lacking(theirs)`` for a peer whose digest is the state ``then`` came from
+        (see ``since``), when nothing is pending: the moved origins, in our order."""
+        assert not self._pending
+        positions = self._positions
+        return sorted(then.items(), key=lambda pair: positions[pair[0]])
+
+    def _remember(self, origin: bytes, before: int) -> None:
+        """Note the state about to be left (its summary) and the move leaving it."""
+        history = self._history
+        history[self.summary()] = self._moves_dropped + len(self._moves)
+        self._moves.append((origin, before))
+        if len(history) > _HISTORY_STATES:
+            del history[next(iter(history))]  # dicts keep insertion order: the oldest
+            unneeded = next(iter(history.values())) - self._moves_dropped
+            if unneeded >= _MOVES_TRIM:
+                del self._moves[:unneeded]
+                self._moves_dropped += unneeded
+
     def _raise(self, origin: bytes, watermark: int) -> None:
         pending = self._pending.get(origin)
         if pending is not None:
@@ -239,6 +296,7 @@ class VersionTracker:
             if not pending:
                 del self._pending[origin]
         old = self._watermarks.get(origin)
+        self._remember(origin, old or 0)
         total = self._summary_sum + _pair_hash(origin, watermark)
         if old is None:
             self._positions[origin] = len(self._pairs)

@@ -30,6 +30,7 @@ it is given, messages leave through ``take_outbox`` and table changes through
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from random import Random
@@ -166,11 +167,14 @@ class _Record:
             self.node_id, self.name, self.address, self.incarnation, self.state, self.state_since
         )
 
-    def set_contact(self, name: str, address: str) -> None:
-        """Record the member's name and address (as it states them itself)."""
+    def set_contact(self, name: str, address: str) -> bool:
+        """Record the member's name and address (as it states them itself); True if
+        that changed them."""
         if name != self.name or address != self.address:
             self.name, self.address = name, address
             self.cached_update = None
+            return True
+        return False
 
     def update(self, suspector: bytes | None = None) -> MemberUpdate:
         """What we believe about this member, as news; ``suspector`` (for a suspect)
@@ -203,18 +207,46 @@ class _Record:
         )
 
     def _build(self, suspector: bytes | None) -> MemberUpdate:
-        # Our own table's values are valid: skip validation on this hot path.
-        return trusted(
+        state = _STATE_NAME[self.state]
+        return _member_update(
+            self.node_id, self.name, self.address, self.incarnation, state, suspector
+        )
+
+
+# Equal updates are one object: they are immutable values, and the cores of one process
+# (a simulated cluster is thousands of them) build the same news about each member again
+# and again, a few hundred bytes each. Cleared when full, so it stays small.
+_UPDATES: dict[tuple[bytes, str, str, int, StateName, bytes | None], MemberUpdate] = {}
+_UPDATES_MAX = 1 << 16
+
+
+def _member_update(
+    node_id: bytes,
+    name: str,
+    address: str,
+    incarnation: int,
+    state: StateName,
+    suspector: bytes | None,
+) -> MemberUpdate:
+    """The ``MemberUpdate`` with these values (a shared instance, see ``_UPDATES``)."""
+    key = (node_id, name, address, incarnation, state, suspector)
+    update = _UPDATES.get(key)
+    if update is None:
+        if len(_UPDATES) >= _UPDATES_MAX:
+            _UPDATES.clear()
+        # Values from this core's own valid table: no validation on this hot path.
+        update = _UPDATES[key] = trusted(
             MemberUpdate,
             {
-                "node_id": self.node_id,
-                "name": self.name,
-                "address": self.address,
-                "incarnation": self.incarnation,
-                "state": _STATE_NAME[self.state],
+                "node_id": node_id,
+                "name": name,
+                "address": address,
+                "incarnation": incarnation,
+                "state": state,
                 "suspector": suspector,
             },
         )
+    return update
 
 
 class Membership:
@@ -247,7 +279,15 @@ class Membership:
         self._left = False
         self._members: dict[bytes, _Record] = {}
         self._live_count = 0
-        self._suspects: dict[bytes, None] = {}  # insertion-ordered set
+        # Suspects in the order they became suspect (value: that suspicion's number),
+        # and a heap of their deadlines, so a tick need not look at every suspect:
+        # (deadline, suspicion number, node id). An entry left behind by a refutation
+        # or by a confirmation (which moves the deadline earlier) is skipped when it
+        # surfaces: its number is no longer the node's, or it is not due yet.
+        self._suspects: dict[bytes, int] = {}
+        self._suspicions_started = 0
+        self._deadlines: list[tuple[float, int, bytes]] = []
+        self._live_sorted: list[bytes] | None = None  # live_node_ids(), until it changes
         self._gone: dict[bytes, None] = {}  # DEAD or LEFT members, insertion-ordered
         self._order = ProbeOrder(rng)
         self._probes: dict[int, Probe] = {}  # by seq; a few overlap (see _start_probe)
@@ -260,6 +300,9 @@ class Membership:
         self._counters = dict.fromkeys(COUNTER_NAMES, 0)
         self._seeds: list[str] = []
         self._add_seed_addresses(seeds)
+        # What ``_send_sync`` sends before sampling; None after any change of the table
+        # (or of this node's own entry).
+        self._sync_entries: tuple[MemberUpdate, ...] | None = None
         # Random phases, so that nodes started together do not probe and sync in lockstep.
         self._next_probe_at = now + rng.uniform(0.0, settings.probe_interval_s)
         self._next_push_pull_at = now + rng.uniform(0.5, 1.0) * settings.push_pull_interval_s
@@ -337,8 +380,13 @@ class Membership:
 
     def live_node_ids(self) -> list[bytes]:
         """Ids of the live members, sorted: ``live_members`` without building snapshots."""
-        members = self._members
-        return [key for key in sorted(members) if members[key].state.live]
+        # Drivers ask after every change of the table (a large cluster's partition is
+        # thousands of changes): sorted once per change of the live set.
+        live = self._live_sorted
+        if live is None:
+            members = self._members
+            live = self._live_sorted = [key for key in sorted(members) if members[key].state.live]
+        return list(live)
 
     def member(self, node_id: bytes) -> Member | None:
         """The member ``node_id``, or None if unknown (or this node)."""
@@ -389,6 +437,7 @@ class Membership:
             return
         self._left = True
         self._incarnation = min(self._incarnation + 1, INCARNATION_MAX)
+        self._sync_entries = None
         self._probes.clear()
         self._relays.clear()
         news = self._self_update()
@@ -450,6 +499,18 @@ class Membership:
         assert len(self._probes) <= _PROBES_IN_FLIGHT_MAX, self._probes
         assert len(self._relays) <= _RELAYS_MAX, len(self._relays)
         assert 0 <= self._awareness.score <= self._settings.awareness_max, self._awareness.score
+        for record in self._members.values():
+            assert record.cached_update is None or record.shown_by(record.cached_update), record
+        if self._live_sorted is not None:
+            live_ids = [key for key, record in sorted(self._members.items()) if record.state.live]
+            assert self._live_sorted == live_ids, "cached live ids are stale"
+        for node_id, number in self._suspects.items():
+            suspicion = self._members[node_id].suspicion
+            assert suspicion is not None, node_id
+            assert (suspicion.deadline(), number, node_id) in self._deadlines, node_id
+        if self._sync_entries is not None:
+            table = (self._self_update(), *[r.update() for r in self._members.values()])
+            assert self._sync_entries == table, "cached sync entries are stale"
 
     # -- probing ---------------------------------------------------------------------
 
@@ -680,7 +741,7 @@ class Membership:
         if record is None:
             self._add(sender, name, address, incarnation, MemberState.ALIVE, None)
         elif incarnation > record.incarnation:
-            record.set_contact(name, address)
+            record.set_contact(name, address)  # _set_state marks the change
             # A new incarnation may be a restarted process that lost our certificate.
             record.knows_us = False
             self._set_state(record, incarnation, MemberState.ALIVE, None)
@@ -691,7 +752,8 @@ class Membership:
         if record is None:
             return
         # The sender is authenticated: its own word on its address is the freshest.
-        record.set_contact(name, address)
+        if record.set_contact(name, address):
+            self._sync_entries = None
         if answered:
             record.knows_us = True
 
@@ -727,7 +789,7 @@ class Membership:
         incarnation = update.incarnation
         if supersedes(incarnation, state, record.incarnation, record.state):
             if incarnation > record.incarnation:
-                record.set_contact(update.name, update.address)
+                record.set_contact(update.name, update.address)  # see _set_state
             self._counters["updates_applied"] += 1
             self._set_state(record, incarnation, state, suspector)
         elif (
@@ -760,6 +822,7 @@ class Membership:
             self._counters["self_updates_ignored"] += 1
             return
         self._incarnation = update.incarnation + 1
+        self._sync_entries = None
         if state is not MemberState.ALIVE:
             self._counters["refutations"] += 1
             # Being suspected is a sign that our own links or timing are poor.
@@ -783,6 +846,8 @@ class Membership:
             return
         record = _Record(node_id, name, address, incarnation, state, self._now)
         self._members[node_id] = record
+        self._sync_entries = None
+        self._live_sorted = None
         self._live_count += 1
         self._order.insert(node_id)
         self._counters["members_joined"] += 1
@@ -819,6 +884,7 @@ class Membership:
             else:
                 dropped += 1
         self._live_count += joined
+        self._live_sorted = None
         self._counters["members_joined"] += joined
         self._counters["events_dropped"] += dropped
 
@@ -828,6 +894,7 @@ class Membership:
         old = record.state
         record.incarnation = incarnation
         record.cached_update = None
+        self._sync_entries = None
         if state is not old:
             record.state = state
             if state.live:
@@ -835,7 +902,9 @@ class Membership:
             else:
                 self._gone[record.node_id] = None
             record.state_since = self._now
-            self._live_count += state.live - old.live
+            if state.live != old.live:
+                self._live_count += state.live - old.live
+                self._live_sorted = None
         record.suspicion = None
         self._suspects.pop(record.node_id, None)
         if state is MemberState.SUSPECT:
@@ -855,7 +924,7 @@ class Membership:
         timeout_min_s = suspicion_timeout_min_s(
             settings.suspicion_min_multiplier, cluster_size, settings.probe_interval_s
         )
-        record.suspicion = Suspicion(
+        suspicion = record.suspicion = Suspicion(
             started_at=self._now,
             timeout_min_s=timeout_min_s,
             timeout_max_s=settings.suspicion_max_multiplier * timeout_min_s,
@@ -863,25 +932,44 @@ class Membership:
             confirmations_expected=min(settings.indirect_probes, max(0, cluster_size - 2)),
             originator=suspector,
         )
-        self._suspects[record.node_id] = None
+        self._suspicions_started += 1
+        self._suspects[record.node_id] = self._suspicions_started
+        self._push_deadline(record.node_id, suspicion)
+
+    def _push_deadline(self, node_id: bytes, suspicion: Suspicion) -> None:
+        entry = (suspicion.deadline(), self._suspects[node_id], node_id)
+        heapq.heappush(self._deadlines, entry)
 
     def _confirm(self, record: _Record, confirmer: bytes) -> None:
-        assert record.suspicion is not None, record
-        if confirmer == record.node_id or not record.suspicion.confirm(confirmer):
+        suspicion = record.suspicion
+        assert suspicion is not None, record
+        deadline = suspicion.deadline()
+        if confirmer == record.node_id or not suspicion.confirm(confirmer):
             return
+        if suspicion.deadline() != deadline:
+            self._push_deadline(record.node_id, suspicion)  # earlier now
         self._counters["suspicion_confirmations"] += 1
         # Pass the confirmation on: others shorten their timers too.
         self._broadcasts.enqueue(record.update(suspector=confirmer))
 
     def _tick_suspicions(self, now: float) -> None:
-        if not self._suspects:
+        deadlines = self._deadlines
+        if not deadlines or deadlines[0][0] > now:
             return
-        for node_id in list(self._suspects):
-            record = self._members[node_id]
-            assert record.suspicion is not None, record
-            if record.suspicion.expired(now):
-                self._counters["deaths_declared"] += 1
-                self._set_state(record, record.incarnation, MemberState.DEAD, None)
+        expired: dict[int, bytes] = {}  # suspicion number -> node id
+        suspects = self._suspects
+        while deadlines and deadlines[0][0] <= now:
+            _, number, node_id = heapq.heappop(deadlines)
+            if suspects.get(node_id) == number:
+                suspicion = self._members[node_id].suspicion
+                # Confirmations only move a deadline earlier: due in the heap, due here.
+                assert suspicion is not None and suspicion.expired(now), node_id
+                expired[number] = node_id
+        # Declared dead in the order they became suspect, as a scan of them would.
+        for number in sorted(expired):
+            record = self._members[expired[number]]
+            self._counters["deaths_declared"] += 1
+            self._set_state(record, record.incarnation, MemberState.DEAD, None)
 
     def _tick_reap(self, now: float) -> None:
         if now < self._next_reap_at:
@@ -895,6 +983,7 @@ class Membership:
         ]:
             del self._gone[node_id]
             record = members.pop(node_id)
+            self._sync_entries = None
             self._counters["members_forgotten"] += 1
             self._emit(MembershipEventKind.FORGOTTEN, record)
 
@@ -956,12 +1045,16 @@ class Membership:
             self._send_sync(self._rng.choice(dead), None, wants_reply=True)
 
     def _send_sync(self, to: bytes | None, address: str | None, *, wants_reply: bool) -> None:
-        entries = [self._self_update()]
-        entries += [record.update() for record in self._members.values()]
+        entries = self._sync_entries
+        if entries is None:
+            # The whole table as news, kept until it changes: a large cluster's table
+            # is thousands of entries, and most syncs find it as the last one left it.
+            entries = (self._self_update(), *[record.update() for record in self._members.values()])
+            self._sync_entries = entries
         room = self._settings.sync_members_max
         if len(entries) > room:
-            entries = [entries[0], *self._rng.sample(entries[1:], room - 1)]
-        self._send(SYNC, self._sync(wants_reply=wants_reply, members=tuple(entries)), to, address)
+            entries = (entries[0], *self._rng.sample(entries[1:], room - 1))
+        self._send(SYNC, self._sync(wants_reply=wants_reply, members=entries), to, address)
         self._counters["syncs_sent"] += 1
 
     # -- building and sending messages -----------------------------------------------
@@ -1027,16 +1120,9 @@ class Membership:
         )
 
     def _self_update(self) -> MemberUpdate:
-        return trusted(
-            MemberUpdate,
-            {
-                "node_id": self._node_id,
-                "name": self._name,
-                "address": self._address,
-                "incarnation": self._incarnation,
-                "state": "left" if self._left else "alive",
-                "suspector": None,
-            },
+        state: StateName = "left" if self._left else "alive"
+        return _member_update(
+            self._node_id, self._name, self._address, self._incarnation, state, None
         )
 
     def _piggyback(self, to: bytes) -> tuple[MemberUpdate, ...]:
