@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dir", required=True, type=Path, help="cluster directory")
     up.add_argument("--base-port", type=int, help="first port (default: free ports)")
     up.add_argument("--duration", type=float, help="stop after this many seconds")
+    up.add_argument("--voters", type=int,
+                    help="Raft voters among the nodes: 3 or 5 (default: 3, or every node "
+                         "if fewer; 0: no replicated store)")
     up.set_defaults(handler=_up)
 
     status = commands.add_parser("status", help="ask every node of a cluster for its status")
@@ -197,7 +200,8 @@ async def _run_until_signal(node: Node) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
-    launcher = ClusterLauncher(args.dir, args.nodes, base_port=args.base_port)
+    launcher = ClusterLauncher(args.dir, args.nodes, base_port=args.base_port,
+                               voters=args.voters)
     return launcher.run(duration_s=args.duration)
 
 

@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from consensus.gossip.settings import GossipSettings
+from consensus.kvstore import KVSettings
+from consensus.raft import RaftSettings
 from mesh.errors import ConfigError
 from mesh.membership.settings import MembershipSettings
 
@@ -24,6 +26,7 @@ __all__ = [
     "GossipConfig",
     "MembershipConfig",
     "NodeConfig",
+    "RaftConfig",
     "TransportConfig",
     "check_tcp_address",
     "defaults_toml",
@@ -318,6 +321,166 @@ class GossipConfig(_Section):
 
 
 
+class RaftConfig(_Section):
+    """The Raft voters and the replicated KV store they serve (see consensus/raft)."""
+
+    voters: list[str] = Field(
+        default_factory=list,
+        max_length=9,
+        description="Node ids (hex) of the Raft voters, the same list on every node (3 or 5; "
+        "`agentmesh up --voters N` fills it in). A node in the list keeps the replicated "
+        "log; every other node forwards KV requests to them. Empty: no replicated store. "
+        "Read once, when a voter first starts; later changes go through the cluster.",
+    )
+    heartbeat_interval_ms: int = Field(
+        50,
+        ge=1,
+        description="How often the leader heartbeats; also the Raft tick. Must be well "
+        "below election_timeout_ms.",
+    )
+    election_timeout_ms: int = Field(
+        500,
+        ge=2,
+        description="A follower that hears no leader for a random time between this and "
+        "twice this campaigns. Shorter fails over sooner; longer rides out pauses (GC, a "
+        "slow disk) without needless elections.",
+    )
+    fsync: bool = Field(
+        True,
+        description="fsync the log before anything that depends on it leaves the node. "
+        "Turning it off loses acknowledged writes at a power cut; for throwaway tests only.",
+    )
+    max_entries_per_append: int = Field(
+        4096, ge=1, description="Most log entries in one append message."
+    )
+    max_bytes_per_append: int = Field(
+        512 * 1024,
+        ge=1,
+        description="Most entry bytes in one append message, and the largest request; "
+        "keep it below envelope.envelope_size_bytes_max.",
+    )
+    max_inflight_appends: int = Field(
+        256, ge=1, description="Appends sent to one follower and not yet acknowledged."
+    )
+    max_uncommitted_bytes: int = Field(
+        64 * _MIB,
+        ge=1,
+        description="Bytes of requests the leader holds uncommitted; beyond it requests are "
+        "answered 'unavailable' until commits catch up.",
+    )
+    snapshot_interval_entries: int = Field(
+        10_000,
+        ge=1,
+        description="Snapshot the KV store and compact the log every this many applied "
+        "entries; fewer means faster restarts and catch-up, more snapshot work.",
+    )
+    snapshot_keep_entries: int = Field(
+        1_000,
+        ge=0,
+        description="Entries kept in the log below a snapshot, so followers slightly behind "
+        "catch up from the log rather than by snapshot.",
+    )
+    calls_pending_max: int = Field(
+        100_000,
+        ge=1,
+        description="Client requests a voter holds at once (waiting to commit or for a read "
+        "index); more are answered 'unavailable' at once.",
+    )
+    call_timeout_ms: int = Field(
+        10_000,
+        ge=1,
+        description="A voter answers 'unavailable' to a request still waiting after this "
+        "long, so requests lost to a leader change do not pile up.",
+    )
+    lease_tick_interval_ms: int = Field(
+        500,
+        ge=10,
+        description="While leases exist, the leader proposes a time tick this often so "
+        "that leases and locks expire without other traffic; bounds how late they expire.",
+    )
+    client_attempt_timeout_ms: int = Field(
+        1_000,
+        ge=1,
+        description="A client waits this long for one voter's answer before retrying "
+        "(another voter, same session and sequence number, so a write applies once).",
+    )
+    client_retry_interval_ms: int = Field(
+        25,
+        ge=1,
+        description="A client's pause before retrying after 'unavailable' (no leader yet).",
+    )
+    client_timeout_ms: int = Field(
+        15_000,
+        ge=1,
+        description="How long a client keeps retrying one request before giving up with "
+        "an error (a write's outcome is then unknown).",
+    )
+    client_batch_calls_max: int = Field(
+        4_096,
+        ge=1,
+        description="Requests a client sends in one envelope at most (one signature for "
+        "all of them).",
+    )
+    kv_keys_max: int = Field(100_000, ge=1, description="Keys the replicated store holds.")
+    kv_value_bytes_max: int = Field(
+        256 * 1024, ge=1, description="Largest value in the replicated store."
+    )
+    kv_sessions_max: int = Field(
+        4_096,
+        ge=1,
+        description="Client sessions remembered for exactly-once retries; the least "
+        "recently used beyond it is dropped and its client must start a new session.",
+    )
+
+    def raft_settings(self) -> RaftSettings:
+        """The Raft core's settings from this section."""
+        return RaftSettings(
+            tick_interval_s=self.heartbeat_interval_ms / 1000,
+            heartbeat_interval_ticks=1,
+            election_timeout_ticks=max(2, round(self.election_timeout_ms
+                                                / self.heartbeat_interval_ms)),
+            max_entries_per_append=self.max_entries_per_append,
+            max_bytes_per_append=self.max_bytes_per_append,
+            max_inflight_appends=self.max_inflight_appends,
+            max_uncommitted_bytes=self.max_uncommitted_bytes,
+        )
+
+    def kv_settings(self) -> KVSettings:
+        """The replicated store's limits from this section (equal on every voter)."""
+        return KVSettings(
+            keys_max=self.kv_keys_max,
+            value_bytes_max=self.kv_value_bytes_max,
+            sessions_max=self.kv_sessions_max,
+        )
+
+    def voter_ids(self) -> list[bytes]:
+        """The voters as node ids."""
+        return [bytes.fromhex(voter) for voter in self.voters]
+
+    @field_validator("voters")
+    @classmethod
+    def _hex_ids(cls, value: list[str]) -> list[str]:
+        for voter in value:
+            try:
+                node_id = bytes.fromhex(voter)
+            except ValueError:
+                raise ValueError(f"voter {voter!r} is not a hex node id") from None
+            if not 1 <= len(node_id) <= 64:
+                raise ValueError(f"voter {voter!r} must be 1 to 64 bytes of hex")
+        if len(set(value)) != len(value):
+            raise ValueError(f"voters {value} name a node twice")
+        return value
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> RaftConfig:
+        if self.election_timeout_ms < 2 * self.heartbeat_interval_ms:
+            raise ValueError(
+                f"election_timeout_ms ({self.election_timeout_ms}) must be at least twice "
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms})"
+            )
+        return self
+
+
 class NodeConfig(_Section):
     """Everything one node needs besides its key and certificate."""
 
@@ -363,9 +526,16 @@ class NodeConfig(_Section):
     )
     membership: MembershipConfig = MembershipConfig()
     gossip: GossipConfig = GossipConfig()
+    raft: RaftConfig = RaftConfig()
 
     @model_validator(mode="after")
     def _fits_envelope(self) -> NodeConfig:
+        if self.raft.max_bytes_per_append + 64 * 1024 > self.envelope.envelope_size_bytes_max:
+            raise ValueError(
+                f"raft.max_bytes_per_append ({self.raft.max_bytes_per_append}) must leave 64 KiB "
+                "of room below envelope.envelope_size_bytes_max "
+                f"({self.envelope.envelope_size_bytes_max})"
+            )
         if self.gossip.message_bytes_max >= self.envelope.envelope_size_bytes_max:
             raise ValueError(
                 f"gossip.message_bytes_max ({self.gossip.message_bytes_max}) must be below "

@@ -27,6 +27,7 @@ from typing import IO, Any
 import anyio
 
 from mesh.errors import ClusterError
+from mesh.identity import read_private_key
 from mesh.layout import (
     NODE_KEY,
     create_node_identity,
@@ -39,6 +40,8 @@ from mesh.status import format_status_table, gather_status
 __all__ = ["ClusterLauncher", "LaunchedNode"]
 
 _PR_SET_PDEATHSIG = 1
+DEFAULT_VOTERS = 3
+MAX_VOTERS = 9
 NODE_START_TIMEOUT_S = 20.0
 CONVERGE_TIMEOUT_S = 20.0
 STOP_GRACE_S = 5.0
@@ -76,10 +79,20 @@ class ClusterLauncher:
         *,
         base_port: int | None = None,
         host: str = "127.0.0.1",
+        voters: int | None = None,
         out: Callable[[str], None] = print,
     ) -> None:
         if nodes < 1:
             raise ClusterError(f"--nodes ({nodes}) must be at least 1")
+        voters = min(DEFAULT_VOTERS, nodes) if voters is None else voters
+        if not 0 <= voters <= min(nodes, MAX_VOTERS):
+            raise ClusterError(
+                f"--voters ({voters}) must be from 0 to the number of nodes ({nodes}), "
+                f"at most {MAX_VOTERS}"
+            )
+        if voters % 2 == 0 and voters:
+            out(f"note: {voters} voters tolerate no more failures than {voters - 1}")
+        self.voter_count = voters
         if base_port is not None and not 1 <= base_port <= 65535 - nodes + 1:
             raise ClusterError(f"--base-port ({base_port}) leaves no room for {nodes} ports")
         self.directory = directory.resolve()
@@ -117,13 +130,20 @@ class ClusterLauncher:
         authority, created = init_authority(self.directory)
         if created:
             self.out(f"created cluster authority in {self.directory}")
+        node_ids: list[str] = []
         for index in range(1, self.node_count + 1):
             node_dir = self.directory / f"node{index}"
             if not (node_dir / NODE_KEY).exists():
                 create_node_identity(node_dir, authority, name=f"node{index}", roles=["node"])
-            config = node_dir / "node.toml"
+            node_ids.append(read_private_key(node_dir / NODE_KEY).node_id_hex)
+        voters = node_ids[: self.voter_count]
+        for index in range(1, self.node_count + 1):
+            config = self.directory / f"node{index}" / "node.toml"
             if not config.exists():
-                config.write_text(f'name = "node{index}"\n', encoding="utf-8")
+                text = f'name = "node{index}"\n'
+                if voters:
+                    text += "\n[raft]\nvoters = [" + ", ".join(f'"{v}"' for v in voters) + "]\n"
+                config.write_text(text, encoding="utf-8")
 
     def start_all(self) -> None:
         """Start node 1, then the rest seeded with node 1's address; write cluster.json."""

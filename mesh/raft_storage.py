@@ -338,6 +338,19 @@ class FileStorage:
         it once per Ready, after its writes and before sending its messages)."""
         self._log.sync()
 
+    def write_out(self) -> None:
+        """``sync`` step 1, on the owner's thread: hand buffered writes to the OS."""
+        self._log.write_out()
+
+    def make_durable(self) -> None:
+        """``sync`` step 2, the fdatasync alone: may run on a worker thread while the
+        owner only reads (the runtime keeps its event loop going meanwhile)."""
+        self._log.make_durable()
+
+    def finish_sync(self) -> None:
+        """``sync`` step 3, on the owner's thread once step 2 has returned."""
+        self._log.finish_sync()
+
     def close(self) -> None:
         """Sync what is pending and close the log (safe to call twice)."""
         self._log.close()

@@ -42,6 +42,8 @@ from mesh.envelope import (
 from mesh.errors import MeshError, MessageTooLarge, Overloaded, RequestTimeout
 from mesh.gossip_api import NodeGossip
 from mesh.identity import Certificate, Identity
+from mesh.kv_client import KVClient
+from mesh.kv_messages import KV_ANSWER, KV_CALL, KVAnswer, KVCall
 from mesh.membership import Member, Membership, MemberState
 from mesh.messages import (
     GOSSIP_REQUEST,
@@ -54,6 +56,7 @@ from mesh.messages import (
     StatusResponse,
 )
 from mesh.parallel import SplitMap
+from mesh.raft_service import RaftService
 from mesh.transport import InboundFrame, Route, Transport
 from mesh.trust import TrustStore
 
@@ -156,6 +159,11 @@ class Node:
         self._after_flush: dict[int, Callable[[], None]] = {}
         self._members_dirty = False
         self._certificates_sent: dict[bytes, int] = {}  # insertion order: oldest first
+        self._services: list[Callable[[], Any]] = []
+        #: This node's Raft voter, if it is one (``config.raft.voters``).
+        self.raft: RaftService | None = None
+        self._kv: KVClient | None = None
+        self._kv_answers: dict[tuple[Route, bytes], list[KVAnswer]] = {}
         self.registry.register(STATUS_REQUEST, StatusRequest)
         self.registry.register(STATUS_RESPONSE, StatusResponse)
         self.registry.register(GOSSIP_RESPONSE, GossipResponse)
@@ -225,6 +233,8 @@ class Node:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.transport.serve)
+                for service in self._services:
+                    tg.start_soon(service)
                 if self.listens:
                     self._write_run_file()
                     tg.start_soon(self._tick_loop)
@@ -233,6 +243,8 @@ class Node:
                 task_status.started(self.address)
         finally:
             self._verify_map.close()
+            if self.raft is not None:
+                self.raft.storage.close()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Node]:
@@ -274,6 +286,60 @@ class Node:
             NODE_METADATA_PREFIX + self.node_id.hex(),
             {"name": self.config.name, "listen": address, "pid": os.getpid()},
         )
+        self._start_raft()
+
+    def _start_raft(self) -> None:
+        voters = self.config.raft.voter_ids()
+        if not voters:
+            return
+        if self.node_id in voters:
+            if self.node_dir is None:
+                raise MeshError("a Raft voter needs a node directory for its log")
+            service = self.raft = RaftService(self, self.config.raft, self.node_dir)
+            service.after_answers = self.flush_kv_answers
+            self.register_core(service)
+            self.on(KV_CALL, KVCall, self._on_kv_calls)
+            self._services.append(service.run)
+        others = [v for v in voters if v != self.node_id]
+        self._kv = KVClient(self, self.config.raft, lambda: others, local=self.raft)
+        self._services.append(self._kv.run_sender)
+
+    @property
+    def kv(self) -> KVClient:
+        """The replicated KV store (linearizable): put, get, cas, delete, list, locks."""
+        if self._kv is None:
+            raise MeshError("this node has no replicated store: raft.voters is empty "
+                            "(agentmesh up --voters N sets it)")
+        return self._kv
+
+    def _on_kv_calls(self, inbound: Inbound) -> None:
+        assert self.raft is not None
+        key = (inbound.route, inbound.envelope.sender)
+        answers = self._kv_answers
+
+        def answer(reply: KVAnswer) -> None:
+            answers.setdefault(key, []).append(reply)
+
+        for call in inbound.envelope.payloads:
+            assert isinstance(call, KVCall)
+            self.raft.submit(call, answer)
+        self.flush_kv_answers()
+
+    def flush_kv_answers(self) -> None:
+        """Send the KV answers collected so far, many per envelope, along their routes."""
+        if not self._kv_answers:
+            return
+        batches, self._kv_answers = self._kv_answers, {}
+        for (route, recipient), answers in batches.items():
+            try:
+                frames = self._seal_batches(KV_ANSWER, answers, recipient, None, None,
+                                            attach_certificate=True)
+            except MessageTooLarge as exc:
+                self.counters.send_dropped += 1
+                log.error("kv answers dropped: %s", exc)
+                continue
+            for frame in frames:
+                self._count_send(self.transport.reply(route, frame))
 
     @property
     def gossip(self) -> NodeGossip:
@@ -536,6 +602,10 @@ class Node:
         if after is not None:
             after()
 
+    def send_core_message(self, out: Outgoing) -> None:
+        """Send one message a protocol core produced (for cores with their own driver)."""
+        self._send_outgoing(out)
+
     def _send_outgoing(self, out: Outgoing) -> None:
         target: bytes | str = out.to_address if out.to_address is not None else out.to_node  # type: ignore[assignment]
         try:
@@ -627,6 +697,7 @@ class Node:
             "peers": [_member_status(m) for m in members],
             "membership": self._membership_status(),
             "gossip": self._gossip_status(),
+            "raft": self._raft_status(),
             "counters": {
                 "received": counters.received,
                 "accepted": self.opener.accepted,
@@ -659,6 +730,14 @@ class Node:
             "fingerprint": core.state_fingerprint().hex(),
             "counters": dict(core.counters),
         }
+
+    def _raft_status(self) -> dict[str, Any] | None:
+        if self.raft is not None:
+            return self.raft.status()
+        if not self.config.raft.voters:
+            return None
+        return {"role": "client", "term": None, "leader_id": None, "commit_index": None,
+                "applied_index": None, "voters": list(self.config.raft.voters)}
 
     def _answer_status(self, inbound: Inbound) -> None:
         self.reply(inbound, STATUS_RESPONSE, StatusResponse(status=self.status()))

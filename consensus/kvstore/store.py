@@ -121,6 +121,11 @@ class KVStore:
         """Number of keys."""
         return len(self._items)
 
+    @property
+    def lease_count(self) -> int:
+        """Number of live leases (locks' leases included)."""
+        return len(self._leases)
+
     # --------------------------------------------------------------------- reads
 
     def get(self, key: str) -> Item | None:

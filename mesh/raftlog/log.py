@@ -441,10 +441,29 @@ class DurableLog:
         This is the group commit: append and set the hard state for a whole batch,
         then call ``sync`` once before sending anything that depends on it.
         """
+        self.write_out()
+        self.make_durable()
+        self.finish_sync()
+
+    def write_out(self) -> None:
+        """The first step of ``sync``: hand every buffered record to the OS.
+
+        ``sync`` in three steps lets a driver run the slow middle one,
+        ``make_durable``, on a worker thread while its own thread keeps reading
+        the log: ``write_out`` and ``finish_sync`` change the log's state and must
+        run on the caller's thread; between them only reads may happen.
+        """
         self._check_usable()
         if self._hard != self._written_hard:
             self._write_state()
         self._flush()
+
+    def make_durable(self) -> None:
+        """The second step of ``sync``: the fdatasync (and directory fsync) alone.
+
+        Touches no state that reads use, so it may run on another thread while the
+        owner reads (see ``write_out``); no write may run meanwhile.
+        """
         try:
             if self._unsynced:
                 if self._fsync:
@@ -458,6 +477,9 @@ class DurableLog:
                 self._dir_dirty = False
         except OSError as error:
             self._fail("fsync", error)
+
+    def finish_sync(self) -> None:
+        """The last step of ``sync``: delete segments compaction freed, count the sync."""
         if self._to_delete:
             self._delete_segments()
         self._counters["syncs"] += 1

@@ -1,0 +1,337 @@
+"""``KVClient``: the async Python API of the replicated KV store, locks and leases.
+
+How this works. Every operation becomes one ``KVCall``. A write gets its
+client's next sequence number once, and keeps it through every retry, so the
+store applies it once whatever happens to the messages. The call goes to the
+voter last known to lead (or, at first, to the first target): over the mesh as a
+``kv.call`` envelope, or straight to this node's own ``RaftService`` when the
+node is a voter. Calls made while the previous ones are on their way are sent
+together, many per envelope (one signature), by a sender task. The answer
+decides what happens next:
+
+- ``ok``: done (a write's ``Response`` may still be a refusal, e.g. a failed
+  compare-and-set; that is an answer, not an error);
+- ``redirect``: go to the leader it names, at once;
+- ``unavailable`` (no leader yet, leadership changed, busy): pause
+  ``client_retry_interval_ms`` and retry, at the leader if one was named;
+- no answer within ``client_attempt_timeout_ms``: try the next target.
+
+After ``client_timeout_ms`` it raises ``KVUnavailable``; a write's outcome is
+then unknown. ``invalid`` raises ``KVInvalid`` at once.
+
+Use it from a running node (``node.kv``) or standalone:
+``async with KVClient.connect(cluster_dir) as kv: await kv.put("k", b"v")``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from consensus.kvstore import (
+    Command,
+    CompareAndSet,
+    Delete,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+    LockAcquire,
+    LockRelease,
+    Put,
+    Response,
+    decode_response,
+    encode_command,
+)
+from mesh.config import RaftConfig
+from mesh.errors import MeshError
+from mesh.kv_messages import KV_ANSWER, KV_CALL, KVAnswer, KVCall, KVItem, KVLock, ReadOp
+
+if TYPE_CHECKING:
+    from mesh.raft_service import RaftService
+    from mesh.runtime import Inbound, Node
+
+__all__ = ["LOCAL", "KVClient", "KVError", "KVInvalid", "KVUnavailable", "Target"]
+
+
+class KVError(MeshError):
+    """A KV operation could not be carried out."""
+
+
+class KVUnavailable(KVError):
+    """No voter answered in time (a write's outcome is unknown)."""
+
+
+class KVInvalid(KVError):
+    """The cluster refused the request as malformed; retrying will not help."""
+
+
+class _Local:
+    def __repr__(self) -> str:
+        return "LOCAL"
+
+
+LOCAL = _Local()
+"""The target meaning "this node's own Raft voter"."""
+
+Target = str | bytes | _Local
+"""Where to send a call: an address, a node id, or ``LOCAL``."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    answer: KVAnswer | None = None
+
+    def resolve(self, answer: KVAnswer) -> None:
+        if self.answer is None:
+            self.answer = answer
+            self.done.set()
+
+
+class KVClient:
+    """Reads and writes of the replicated store through any node (see the module doc)."""
+
+    def __init__(
+        self,
+        node: Node,
+        config: RaftConfig,
+        targets: Callable[[], Sequence[Target]],
+        *,
+        local: RaftService | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        """``targets`` lists where calls may go, best first (asked again on each retry)."""
+        self._node = node
+        self._config = config
+        self._targets = targets
+        self._local = local
+        #: This client's session in the store: unique to this client for its life.
+        self.client_id = client_id or f"{node.node_id.hex()}/{os.getpid()}/{time.time_ns()}"
+        self._seq = 0
+        self._call_ids = itertools.count(1)
+        self._waiting: dict[int, _Waiter] = {}
+        self._outgoing: dict[str | bytes, list[KVCall]] = {}
+        self._send_wanted = anyio.Event()
+        self._leader: Target | None = None
+        self.counters = dict.fromkeys(
+            ("calls", "attempts", "redirects", "retries_unavailable", "attempt_timeouts",
+             "answers_unmatched", "envelopes_sent"), 0)
+        node.on(KV_ANSWER, KVAnswer, self._on_answers)
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, cluster_dir: Path | str) -> AsyncIterator[KVClient]:
+        """A standalone client of the cluster in ``cluster_dir`` (its CLI identity),
+        running for the ``async with`` block."""
+        from mesh.layout import read_cluster_file
+        from mesh.status import open_client
+
+        cluster = Path(cluster_dir)
+        addresses = [str(entry["listen"]) for entry in read_cluster_file(cluster)]
+        node = open_client(cluster)
+        client = cls(node, node.config.raft, lambda: addresses)
+        async with node.running(), anyio.create_task_group() as tg:
+            tg.start_soon(client.run_sender)
+            try:
+                yield client
+            finally:
+                tg.cancel_scope.cancel()
+
+    # -- the store's operations ----------------------------------------------------------
+
+    async def put(self, key: str, value: bytes | str, *, lease_id: int | None = None) -> Response:
+        """Write ``value`` under ``key``; the response has the new ``version``."""
+        return await self.write(Put(key, _bytes(value), lease_id))
+
+    async def get(self, key: str) -> KVItem | None:
+        """The item under ``key`` (linearizable), or None if absent."""
+        return (await self._read("get", key)).item
+
+    async def compare_and_set(
+        self, key: str, value: bytes | str | None, expect_version: int,
+        *, lease_id: int | None = None,
+    ) -> Response:
+        """Write (``value`` None: delete) only if the key's version is ``expect_version``
+        (0: absent). On a mismatch the response's error is ``cas_failed`` and its
+        ``version`` the current one."""
+        data = None if value is None else _bytes(value)
+        return await self.write(CompareAndSet(key, data, expect_version, lease_id))
+
+    async def delete(self, key: str) -> Response:
+        """Remove ``key``; the response's error is ``not_found`` if it was absent."""
+        return await self.write(Delete(key))
+
+    async def list(
+        self, prefix: str = "", *, limit: int = 1000, start_after: str | None = None
+    ) -> tuple[list[KVItem], bool]:
+        """Items whose key starts with ``prefix`` in key order, and whether more follow."""
+        answer = await self._read("list", prefix, limit=limit, start_after=start_after)
+        return answer.items, answer.truncated
+
+    async def lease_grant(self, ttl_s: float) -> Response:
+        """A new lease (``lease_id``, ``deadline_ms``) ending ``ttl_s`` from now."""
+        return await self.write(LeaseGrant(_ms(ttl_s)))
+
+    async def lease_keep_alive(self, lease_id: int) -> Response:
+        """Push the lease's end one TTL ahead."""
+        return await self.write(LeaseKeepAlive(lease_id))
+
+    async def lease_revoke(self, lease_id: int) -> Response:
+        """End the lease now, deleting its keys and releasing its lock."""
+        return await self.write(LeaseRevoke(lease_id))
+
+    async def lock_acquire(self, name: str, ttl_s: float, *, owner: str | None = None) -> Response:
+        """Take the lock for ``owner`` (default: this client's id) with a lease of
+        ``ttl_s``: the response has the fencing ``token`` and ``lease_id``, or the
+        error ``lock_held`` with the ``holder``."""
+        return await self.write(LockAcquire(name, owner or self.client_id, _ms(ttl_s)))
+
+    async def lock_release(
+        self, name: str, *, token: int | None = None, owner: str | None = None
+    ) -> Response:
+        """Release the lock held by ``owner`` (default: this client's id) with ``token``
+        (default: the token it holds now, read first)."""
+        owner = owner or self.client_id
+        if token is None:
+            held = await self.lock_holder(name)
+            if held is None:
+                return await self.write(LockRelease(name, owner, 1))  # answers not_found
+            token = held.token
+        return await self.write(LockRelease(name, owner, token))
+
+    async def lock_holder(self, name: str) -> KVLock | None:
+        """Who holds the lock now (linearizable), or None."""
+        return (await self._read("lock", name)).lock
+
+    async def write(self, command: Command) -> Response:
+        """Apply any KV command once; its ``Response``."""
+        self._seq += 1
+        answer = await self._call(command=encode_command(command), seq=self._seq)
+        assert answer.response is not None, answer
+        return decode_response(answer.response)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def _read(self, read: ReadOp, key: str, *, limit: int = 1000,
+                    start_after: str | None = None) -> KVAnswer:
+        return await self._call(read=read, key=key, limit=limit, start_after=start_after)
+
+    async def _call(self, **fields: object) -> KVAnswer:
+        self.counters["calls"] += 1
+        config = self._config
+        deadline = time.monotonic() + config.client_timeout_ms / 1000
+        targets = list(self._targets())
+        if self._local is not None:
+            targets.insert(0, LOCAL)
+        if not targets:
+            raise KVUnavailable("no voter to ask: the cluster lists none")
+        target = self._leader if self._leader is not None else targets[0]
+        rotation = itertools.cycle(targets)
+        last_problem = "no answer"
+        while time.monotonic() < deadline:
+            call = KVCall(call_id=next(self._call_ids), client_id=self.client_id,
+                          **fields)
+            self.counters["attempts"] += 1
+            timeout = min(config.client_attempt_timeout_ms / 1000,
+                          max(0.0, deadline - time.monotonic()))
+            answer = await self._attempt(target, call, timeout)
+            if answer is None:
+                self.counters["attempt_timeouts"] += 1
+                last_problem = f"{_show(target)} did not answer"
+                self._leader = None
+                target = _next_other(rotation, target)
+                continue
+            if answer.status == "ok":
+                self._leader = target
+                return answer
+            if answer.status == "invalid":
+                raise KVInvalid(answer.detail)
+            last_problem = answer.detail or answer.status
+            self._leader = None
+            named = self._leader_target(answer)
+            if answer.status == "redirect" and named is not None and named != target:
+                self.counters["redirects"] += 1
+                target = named
+                continue
+            self.counters["retries_unavailable"] += 1
+            await anyio.sleep(config.client_retry_interval_ms / 1000)
+            target = named if named is not None else _next_other(rotation, target)
+        raise KVUnavailable(
+            f"no voter served the request within {config.client_timeout_ms} ms "
+            f"(last: {last_problem}); a write's outcome is unknown"
+        )
+
+    def _leader_target(self, answer: KVAnswer) -> Target | None:
+        if answer.leader_id is not None and answer.leader_id == self._node.node_id:
+            return LOCAL if self._local is not None else None
+        if answer.leader_address is not None:
+            return answer.leader_address
+        if answer.leader_id is not None and self._node.membership is not None:
+            return answer.leader_id
+        return None
+
+    async def _attempt(self, target: Target, call: KVCall, timeout_s: float) -> KVAnswer | None:
+        waiter = _Waiter()
+        if isinstance(target, _Local):
+            assert self._local is not None
+            self._local.submit(call, waiter.resolve)
+        else:
+            self._waiting[call.call_id] = waiter
+            self._outgoing.setdefault(target, []).append(call)
+            self._send_wanted.set()
+        try:
+            with anyio.move_on_after(timeout_s):
+                await waiter.done.wait()
+        finally:
+            self._waiting.pop(call.call_id, None)
+        return waiter.answer
+
+    async def run_sender(self) -> None:
+        """Send queued calls, many per envelope, until cancelled (started by the node)."""
+        batch_max = self._config.client_batch_calls_max
+        while True:
+            await self._send_wanted.wait()
+            self._send_wanted = anyio.Event()
+            outgoing, self._outgoing = self._outgoing, {}
+            for target, calls in outgoing.items():
+                for start in range(0, len(calls), batch_max):
+                    self.counters["envelopes_sent"] += 1
+                    self._node.send_nowait(target, KV_CALL, calls[start:start + batch_max])
+
+    def _on_answers(self, inbound: Inbound) -> None:
+        for answer in inbound.envelope.payloads:
+            assert isinstance(answer, KVAnswer)
+            waiter = self._waiting.get(answer.call_id)
+            if waiter is None:
+                self.counters["answers_unmatched"] += 1
+                continue
+            waiter.resolve(answer)
+
+
+def _next_other(rotation: itertools.cycle[Target], current: Target) -> Target:
+    first = next(rotation)
+    if first != current:
+        return first
+    return next(rotation)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _ms(seconds: float) -> int:
+    if not seconds > 0:
+        raise ValueError(f"a TTL must be positive, got {seconds!r} s")
+    return max(1, round(seconds * 1000))
+
+
+def _show(target: Target) -> str:
+    return target.hex() if isinstance(target, bytes) else str(target)

@@ -1,0 +1,421 @@
+"""A Raft voter in a running node: the core, its log on disk and the KV store.
+
+How this works. ``RaftService`` owns one ``RaftNode`` (the pure core), its
+``FileStorage`` in ``<node dir>/raft`` and the ``KVStore`` it replicates. The
+node delivers ``raft.*`` messages to ``step`` and ticks it like any core; the
+core's output is carried out by ``run``, one ``Ready`` at a time, in the order
+the core requires:
+
+1. write the Ready's snapshot, entries and hard state to the log (buffered);
+2. the fsync, on a worker thread, so the event loop keeps receiving and
+   stepping the core meanwhile; whatever arrives during it goes into the next
+   Ready, so one fsync covers every entry that arrived meanwhile (group commit);
+3. send the Ready's messages. A leader's appends and heartbeats go out before
+   its own fsync instead (Raft thesis 10.2.1): they depend on nothing the leader
+   has yet to persist, and the leader counts its own copy toward a commit only
+   once it is durable. Votes, acknowledgements and anything after a term change
+   wait for the fsync;
+4. apply committed entries to the KV store and answer the clients whose writes
+   they are; serve reads whose read index is applied; ``advance``; snapshot and
+   compact every ``snapshot_interval_entries``.
+
+Clients reach it through ``submit`` with a ``KVCall`` (from the network, or from
+this node's own ``KVClient``) and a callback for the ``KVAnswer``. Writes are
+stamped with the leader's wall clock and proposed; the answer is sent when the
+entry is applied here. Reads go through ReadIndex. Every pending call is bounded
+(``calls_pending_max``) and expires (``call_timeout_ms``); a leader that loses its
+leadership answers its pending writes ``unavailable`` so their clients retry at
+the new leader with the same sequence number, and the store's sessions apply
+each write once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from random import Random
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic import BaseModel
+
+from consensus.core import Incoming, Outgoing
+from consensus.kvstore import (
+    CommandError,
+    KVStore,
+    Request,
+    Tick,
+    decode_command,
+    encode_request,
+    encode_response,
+)
+from consensus.raft import MESSAGE_KINDS, ConfState, EntryKind, RaftNode, Ready, Role
+from consensus.raft.messages import APPEND, HEARTBEAT, SNAPSHOT
+from mesh.config import RaftConfig
+from mesh.kv_messages import KVAnswer, KVCall, KVItem, KVLock
+from mesh.raft_storage import FileStorage
+
+if TYPE_CHECKING:
+    from mesh.runtime import Node
+
+__all__ = ["RAFT_DIR_NAME", "AnswerCallback", "RaftService"]
+
+log = logging.getLogger(__name__)
+
+RAFT_DIR_NAME = "raft"
+AnswerCallback = Callable[[KVAnswer], None]
+
+# A leader may send these before its own fsync (see the module doc).
+_EARLY_KINDS = frozenset({APPEND, HEARTBEAT, SNAPSHOT})
+_ROLE_NAMES = {
+    Role.LEADER: "leader",
+    Role.FOLLOWER: "follower",
+    Role.PRE_CANDIDATE: "candidate",
+    Role.CANDIDATE: "candidate",
+    Role.LEARNER: "learner",
+}
+_EXPIRY_SWEEP_S = 0.25
+
+
+@dataclass(slots=True)
+class _Waiting:
+    call: KVCall
+    answer: AnswerCallback
+    since: float
+    data: bytes = b""  # a write's proposed entry
+    read_index: int | None = None  # a read's index, once known
+
+
+class RaftService:
+    """One node's Raft voter, storage and replicated KV store (see the module doc)."""
+
+    def __init__(self, node: Node, config: RaftConfig, node_dir: Path) -> None:
+        self._node = node
+        self._config = config
+        self.storage = FileStorage.open(
+            node_dir / RAFT_DIR_NAME,
+            conf=ConfState.of(config.voter_ids()),
+            fsync=config.fsync,
+        )
+        try:
+            snapshot = self.storage.snapshot()
+            kv_settings = config.kv_settings()
+            self.kv = (KVStore.restore(snapshot.data, kv_settings) if snapshot.index > 0
+                       else KVStore(kv_settings))
+            self.raft = RaftNode(node_id=node.node_id, settings=config.raft_settings(),
+                                 storage=self.storage, rng=Random(), now=time.monotonic())
+        except BaseException:
+            self.storage.close()
+            raise
+        recovery = self.storage.log.recovery
+        if recovery.bytes_truncated:
+            log.warning("raft log: cut a torn tail of %d bytes off %s at offset %s (%s)",
+                        recovery.bytes_truncated, recovery.truncated_file,
+                        recovery.truncated_at, recovery.tail_problem)
+        self._applied = snapshot.index
+        self._wake = anyio.Event()
+        self._writes: dict[int, _Waiting] = {}  # by proposed log index
+        self._reads: dict[bytes, _Waiting] = {}  # by read request id
+        self._reads_started = 0
+        self._read_prefix = node.node_id[:4] + int(time.time_ns()).to_bytes(8, "big")
+        self._last_sweep = 0.0
+        self._last_lease_tick = 0.0
+        self._persisted_term = self.raft.term
+        #: Called after a batch of answers was produced outside ``submit`` (set by the
+        #: node, which sends the answers it collected).
+        self.after_answers: Callable[[], None] = lambda: None
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("calls", "calls_invalid", "calls_refused_busy", "calls_expired", "redirects",
+             "writes_applied", "reads_served", "readies", "fsyncs", "snapshots_taken",
+             "snapshots_installed", "leader_changes"), 0)
+
+    # -- the core's side, for Node.register_core ---------------------------------------
+
+    @property
+    def message_kinds(self) -> dict[str, type[BaseModel]]:
+        """The ``raft.*`` kinds and their payload models."""
+        return dict(MESSAGE_KINDS)
+
+    def step(self, message: Incoming) -> None:
+        """Feed one verified Raft message to the core."""
+        self.raft.step(message)
+
+    def tick(self, now: float) -> None:
+        """Advance the core's clock; expire old calls; keep lease time moving."""
+        self.raft.tick(now)
+        if now - self._last_sweep >= _EXPIRY_SWEEP_S:
+            self._last_sweep = now
+            self._expire(now)
+            self.after_answers()
+        if (self.raft.role is Role.LEADER and self.kv.lease_count
+                and now - self._last_lease_tick >= self._config.lease_tick_interval_ms / 1000):
+            self._last_lease_tick = now
+            self._propose(Request("", 0, _wall_ms(), Tick()))
+        self._wake.set()
+
+    def take_outbox(self) -> list[Outgoing]:
+        """Nothing: ``run`` sends each Ready's messages when their turn comes."""
+        self._wake.set()
+        return []
+
+    # -- clients ------------------------------------------------------------------------
+
+    def submit(self, call: KVCall, answer: AnswerCallback) -> None:
+        """Serve one client call; ``answer`` is called once with its outcome."""
+        self.counters["calls"] += 1
+        if len(self._writes) + len(self._reads) >= self._config.calls_pending_max:
+            self.counters["calls_refused_busy"] += 1
+            answer(KVAnswer(call_id=call.call_id, status="unavailable",
+                            detail="this voter holds calls_pending_max requests already"))
+            return
+        if call.command is not None:
+            self._submit_write(call, answer)
+        elif call.read is not None:
+            self._submit_read(call, answer)
+        else:
+            self._invalid(call, answer, "a call needs a command or a read")
+        self._wake.set()
+
+    def _submit_write(self, call: KVCall, answer: AnswerCallback) -> None:
+        raft = self.raft
+        if raft.role is not Role.LEADER:
+            self._redirect(call, answer)
+            return
+        assert call.command is not None
+        try:
+            request = Request(call.client_id, call.seq, _wall_ms(), decode_command(call.command))
+        except CommandError as exc:
+            self._invalid(call, answer, str(exc))
+            return
+        data = encode_request(request)
+        try:
+            index = raft.propose(data)
+        except ValueError as exc:  # larger than max_bytes_per_append
+            self._invalid(call, answer, str(exc))
+            return
+        if index is None:
+            self.counters["calls_refused_busy"] += 1
+            answer(KVAnswer(call_id=call.call_id, status="unavailable",
+                            detail="the leader is busy (uncommitted bytes) or transferring"))
+            return
+        self._writes[index] = _Waiting(call, answer, time.monotonic(), data)
+
+    def _submit_read(self, call: KVCall, answer: AnswerCallback) -> None:
+        raft = self.raft
+        if raft.role is not Role.LEADER and raft.leader_id is None:
+            answer(KVAnswer(call_id=call.call_id, status="unavailable",
+                            detail="no leader is known yet"))
+            return
+        self._reads_started += 1
+        request_id = self._read_prefix + self._reads_started.to_bytes(8, "big")
+        self._reads[request_id] = _Waiting(call, answer, time.monotonic())
+        raft.read_index(request_id)
+
+    def _redirect(self, call: KVCall, answer: AnswerCallback) -> None:
+        leader = self.raft.leader_id
+        if leader is None:
+            answer(KVAnswer(call_id=call.call_id, status="unavailable",
+                            detail="no leader is known yet"))
+            return
+        self.counters["redirects"] += 1
+        membership = self._node.membership
+        address = membership.address_of(leader) if membership is not None else None
+        answer(KVAnswer(call_id=call.call_id, status="redirect", leader_id=leader,
+                        leader_address=address, detail="not the leader"))
+
+    def _invalid(self, call: KVCall, answer: AnswerCallback, detail: str) -> None:
+        self.counters["calls_invalid"] += 1
+        answer(KVAnswer(call_id=call.call_id, status="invalid", detail=detail))
+
+    def _propose(self, request: Request) -> None:
+        self.raft.propose(encode_request(request))
+
+    def _expire(self, now: float) -> None:
+        limit = self._config.call_timeout_ms / 1000
+        expired: list[_Waiting] = []
+        for index in [i for i, w in self._writes.items() if now - w.since > limit]:
+            expired.append(self._writes.pop(index))
+        for request_id in [r for r, w in self._reads.items() if now - w.since > limit]:
+            expired.append(self._reads.pop(request_id))
+        for waiting in expired:
+            self.counters["calls_expired"] += 1
+            waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="unavailable",
+                                    detail="no outcome within call_timeout_ms"))
+
+    # -- carrying out Readies ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Carry out the core's Readies until cancelled (see the module doc)."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                while self.raft.has_ready():
+                    await self._handle(self.raft.ready())
+        finally:
+            self.storage.close()
+
+    async def _handle(self, ready: Ready) -> None:
+        self.counters["readies"] += 1
+        storage = self.storage
+        wrote = False
+        if ready.snapshot is not None:
+            storage.apply_snapshot(ready.snapshot)  # durable when it returns
+        if ready.entries:
+            storage.append(ready.entries)
+            wrote = True
+        if ready.hard_state is not None:
+            storage.set_hard_state(ready.hard_state)
+            wrote = True
+        late: tuple[Outgoing, ...] | list[Outgoing] = ready.messages
+        if wrote:
+            if self._may_send_early(ready):
+                early = [m for m in late if m.kind in _EARLY_KINDS]
+                late = [m for m in late if m.kind not in _EARLY_KINDS]
+                self._send(early)
+            storage.write_out()
+            await anyio.to_thread.run_sync(storage.make_durable)
+            storage.finish_sync()
+            self.counters["fsyncs"] += 1
+        if ready.hard_state is not None:
+            self._persisted_term = ready.hard_state.term
+        self._send(late)
+        if ready.soft_state is not None:
+            self._on_role_change()
+        self._apply(ready)
+        self.raft.advance(ready)
+        self._serve_reads()
+        self.after_answers()
+        self._maybe_snapshot()
+
+    def _may_send_early(self, ready: Ready) -> bool:
+        hard = ready.hard_state
+        return self.raft.role is Role.LEADER and (
+            hard is None or hard.term == self._persisted_term
+        )
+
+    def _send(self, messages: tuple[Outgoing, ...] | list[Outgoing]) -> None:
+        for out in messages:
+            self._node.send_core_message(out)
+
+    def _on_role_change(self) -> None:
+        self.counters["leader_changes"] += 1
+        log.info("raft: %s in term %d, leader %s", _ROLE_NAMES[self.raft.role], self.raft.term,
+                 self.raft.leader_id.hex() if self.raft.leader_id else None)
+        if self.raft.role is Role.LEADER:
+            return
+        # Reads the deposed leader had not confirmed never will be.
+        unconfirmed = [rid for rid, read in self._reads.items() if read.read_index is None]
+        for request_id in unconfirmed:
+            read = self._reads.pop(request_id)
+            read.answer(KVAnswer(call_id=read.call.call_id, status="unavailable",
+                                 leader_id=self.raft.leader_id,
+                                 detail="leadership changed; retry"))
+        if not self._writes:
+            return
+        # Proposals of a deposed leader may or may not commit: the client retries at the
+        # new leader with the same sequence number and the store answers it once.
+        pending, self._writes = self._writes, {}
+        for waiting in pending.values():
+            waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="unavailable",
+                                    leader_id=self.raft.leader_id,
+                                    detail="leadership changed; retry"))
+
+    def _apply(self, ready: Ready) -> None:
+        if ready.snapshot is not None and ready.snapshot.index > self._applied:
+            self.kv = KVStore.restore(ready.snapshot.data, self._config.kv_settings())
+            self._applied = ready.snapshot.index
+            self.counters["snapshots_installed"] += 1
+        kv = self.kv
+        writes = self._writes
+        for entry in ready.committed_entries:
+            index = entry.index
+            if index <= self._applied:
+                continue
+            self._applied = index
+            if entry.kind is not EntryKind.NORMAL or not entry.data:
+                continue
+            response = kv.apply(index, entry.data)
+            self.counters["writes_applied"] += 1
+            waiting = writes.pop(index, None) if writes else None
+            if waiting is None:
+                continue
+            if waiting.data == entry.data:
+                waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="ok",
+                                        response=encode_response(response)))
+            else:  # another leader's entry took the slot: retry decides
+                waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="unavailable",
+                                        detail="the request lost its log slot; retry"))
+        for state in ready.read_states:
+            read = self._reads.get(state.request_id)
+            if read is not None:
+                read.read_index = state.index
+
+    def _serve_reads(self) -> None:
+        if not self._reads:
+            return
+        applied = self._applied
+        done = [rid for rid, read in self._reads.items()
+                if read.read_index is not None and read.read_index <= applied]
+        for request_id in done:
+            read = self._reads.pop(request_id)
+            read.answer(self._read(read.call))
+            self.counters["reads_served"] += 1
+
+    def _read(self, call: KVCall) -> KVAnswer:
+        kv = self.kv
+        if call.read == "get":
+            item = kv.get(call.key)
+            return KVAnswer(call_id=call.call_id, status="ok",
+                            item=None if item is None else _item(item))
+        if call.read == "list":
+            found = kv.range(call.key, call.limit + 1, call.start_after)
+            return KVAnswer(call_id=call.call_id, status="ok",
+                            items=[_item(i) for i in found[: call.limit]],
+                            truncated=len(found) > call.limit)
+        lock = kv.lock(call.key)
+        return KVAnswer(call_id=call.call_id, status="ok", lock=None if lock is None else KVLock(
+            name=lock.name, owner=lock.owner, token=lock.token, lease_id=lock.lease_id,
+            deadline_ms=lock.deadline_ms))
+
+    def _maybe_snapshot(self) -> None:
+        storage = self.storage
+        if self._applied - storage.snapshot().index < self._config.snapshot_interval_entries:
+            return
+        if self.raft.applied_index < self._applied:
+            return  # the core has not caught up with what we applied (next Ready)
+        storage.create_snapshot(self._applied, self.raft.conf_state, self.kv.snapshot())
+        storage.compact(max(0, self._applied - self._config.snapshot_keep_entries))
+        self.counters["snapshots_taken"] += 1
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The ``raft`` section of the node's status."""
+        raft = self.raft
+        return {
+            "role": _ROLE_NAMES[raft.role],
+            "term": raft.term,
+            "leader_id": raft.leader_id.hex() if raft.leader_id else None,
+            "commit_index": raft.commit_index,
+            "applied_index": self._applied,
+            "voters": [v.hex() for v in raft.voters],
+            "learners": [v.hex() for v in raft.learners],
+            "keys": len(self.kv),
+            "pending_calls": len(self._writes) + len(self._reads),
+            "counters": {**self.counters, **raft.counters},
+            "log": self.storage.log.stats,
+        }
+
+
+def _item(item: Any) -> KVItem:
+    return KVItem(key=item.key, value=item.value, version=item.version,
+                  create_index=item.create_index, mod_index=item.mod_index,
+                  lease_id=item.lease)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
