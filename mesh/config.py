@@ -530,7 +530,9 @@ class NodeConfig(_Section):
 
     @model_validator(mode="after")
     def _fits_envelope(self) -> NodeConfig:
-        if self.raft.max_bytes_per_append + 64 * 1024 > self.envelope.envelope_size_bytes_max:
+        if self.raft.voters and (
+            self.raft.max_bytes_per_append + 64 * 1024 > self.envelope.envelope_size_bytes_max
+        ):
             raise ValueError(
                 f"raft.max_bytes_per_append ({self.raft.max_bytes_per_append}) must leave 64 KiB "
                 "of room below envelope.envelope_size_bytes_max "

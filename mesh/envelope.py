@@ -145,8 +145,14 @@ class EnvelopeSealer:
     """Builds and signs envelopes for one sender.
 
     ``first_seq`` should exceed every sequence number this identity used before;
-    the runtime passes its boot time in microseconds, which a sender sending
-    fewer than a million envelopes per second can never overtake.
+    the runtime passes its boot time in microseconds. Sequence numbers then follow
+    the wall clock in microseconds (``wall_us``, else ``wall_ms * 1000``; one more
+    than the last when that is not larger), so a sender sending fewer than a million envelopes
+    per second never runs ahead of time. That is what lets several processes
+    share one identity (two CLI commands at once): their numbers interleave by
+    time, and a receiver's replay window (``replay_window_messages`` numbers,
+    about that many microseconds) refuses only an envelope that arrives after
+    another process's envelope sent more than that much later.
     """
 
     def __init__(self, identity: Identity, certificate: Certificate, first_seq: int) -> None:
@@ -167,11 +173,12 @@ class EnvelopeSealer:
         on_behalf_of: str | None = None,
         reply_to: int | None = None,
         attach_certificate: bool = False,
+        wall_us: int | None = None,
     ) -> tuple[int, bytes]:
         """Sign ``payloads`` (at least one) as one envelope; returns (seq, frame)."""
         assert payloads, "an envelope carries at least one payload"
-        seq = self._next_seq
-        self._next_seq += 1
+        seq = max(self._next_seq, wall_ms * 1000 if wall_us is None else wall_us)
+        self._next_seq = seq + 1
         header_and_body = pack(
             [
                 WIRE_VERSION,

@@ -541,10 +541,12 @@ class Node:
         reply_to: int | None = None,
         attach_certificate: bool = False,
     ) -> tuple[int, bytes]:
+        wall_us = time.time_ns() // 1000
         seq, frame = self.sealer.seal(
             kind,
             payloads,
-            wall_ms=wall_clock_ms(),
+            wall_ms=wall_us // 1000,
+            wall_us=wall_us,
             recipient=recipient,
             trace=trace,
             on_behalf_of=on_behalf_of,

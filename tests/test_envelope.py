@@ -121,9 +121,29 @@ def test_received_timestamps_move_the_local_clock_forward() -> None:
 
 
 def test_sequence_numbers_increase_from_the_first() -> None:
-    sending = sealer(first_seq=5)
+    sending = sealer(first_seq=NOW_MS * 1000 + 5)
     seqs = [sending.seal(KIND, [Note(text="x")], wall_ms=NOW_MS)[0] for _ in range(3)]
-    assert seqs == [5, 6, 7]
+    assert seqs == [NOW_MS * 1000 + 5, NOW_MS * 1000 + 6, NOW_MS * 1000 + 7]
+
+
+def test_sequence_numbers_follow_the_wall_clock_and_never_go_back() -> None:
+    sending = sealer(first_seq=1)
+    first = sending.seal(KIND, [Note(text="x")], wall_ms=NOW_MS)[0]
+    later = sending.seal(KIND, [Note(text="x")], wall_ms=NOW_MS + 2)[0]
+    clock_stepped_back = sending.seal(KIND, [Note(text="x")], wall_ms=NOW_MS - 1000)[0]
+    assert (first, later, clock_stepped_back) == (NOW_MS * 1000, (NOW_MS + 2) * 1000,
+                                                  (NOW_MS + 2) * 1000 + 1)
+
+
+def test_two_processes_sharing_an_identity_both_get_through() -> None:
+    receiver = opener()
+    first_cli, second_cli = sealer(first_seq=1), sealer(first_seq=1)
+    for offset_us in range(0, 20_000, 700):  # interleaved, as two CLI commands at once
+        for shift, cli in ((3, second_cli), (0, first_cli)):
+            wall_us = NOW_MS * 1000 + offset_us + shift
+            frame = cli.seal(KIND, [Note(text="x")], wall_ms=wall_us // 1000, wall_us=wall_us,
+                             attach_certificate=True)[1]
+            assert not isinstance(open_frame(receiver, frame, wall_us // 1000), Rejected)
 
 
 # -- each rejection reason, crafted --------------------------------------------------
