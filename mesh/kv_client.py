@@ -25,12 +25,12 @@ Use it from a running node (``node.kv``) or standalone:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,7 @@ from consensus.kvstore import (
     decode_response,
     encode_command,
 )
+from consensus.trusted import trusted
 from mesh.config import RaftConfig
 from mesh.errors import MeshError
 from mesh.kv_messages import KV_ANSWER, KV_CALL, KVAnswer, KVCall, KVItem, KVLock, ReadOp
@@ -85,17 +86,6 @@ Target = str | bytes | _Local
 """Where to send a call: an address, a node id, or ``LOCAL``."""
 
 
-@dataclass(slots=True)
-class _Waiter:
-    done: anyio.Event = field(default_factory=anyio.Event)
-    answer: KVAnswer | None = None
-
-    def resolve(self, answer: KVAnswer) -> None:
-        if self.answer is None:
-            self.answer = answer
-            self.done.set()
-
-
 class KVClient:
     """Reads and writes of the replicated store through any node (see the module doc)."""
 
@@ -117,7 +107,7 @@ class KVClient:
         self.client_id = client_id or f"{node.node_id.hex()}/{os.getpid()}/{time.time_ns()}"
         self._seq = 0
         self._call_ids = itertools.count(1)
-        self._waiting: dict[int, _Waiter] = {}
+        self._waiting: dict[int, Callable[[KVAnswer | None], None]] = {}
         self._outgoing: dict[str | bytes, list[KVCall]] = {}
         self._send_wanted = anyio.Event()
         self._leader: Target | None = None
@@ -213,8 +203,12 @@ class KVClient:
 
     async def write(self, command: Command) -> Response:
         """Apply any KV command once; its ``Response``."""
+        data = encode_command(command)
+        if len(data) > self._config.max_bytes_per_append:
+            raise KVInvalid(f"the request takes {len(data)} bytes, above "
+                            f"raft.max_bytes_per_append ({self._config.max_bytes_per_append})")
         self._seq += 1
-        answer = await self._call(command=encode_command(command), seq=self._seq)
+        answer = await self._call(command=data, seq=self._seq)
         assert answer.response is not None, answer
         return decode_response(answer.response)
 
@@ -237,8 +231,7 @@ class KVClient:
         rotation = itertools.cycle(targets)
         last_problem = "no answer"
         while time.monotonic() < deadline:
-            call = KVCall(call_id=next(self._call_ids), client_id=self.client_id,
-                          **fields)
+            call = self._new_call(fields)
             self.counters["attempts"] += 1
             timeout = min(config.client_attempt_timeout_ms / 1000,
                           max(0.0, deadline - time.monotonic()))
@@ -269,6 +262,17 @@ class KVClient:
             f"(last: {last_problem}); a write's outcome is unknown"
         )
 
+    def _new_call(self, fields: dict[str, object]) -> KVCall:
+        call_id = next(self._call_ids)
+        if "command" not in fields:
+            return KVCall(call_id=call_id, client_id=self.client_id, **fields)
+        # Writes are the hot path, and their fields are ours and checked (``write``).
+        return trusted(KVCall, {
+            "call_id": call_id, "client_id": self.client_id, "seq": fields["seq"],
+            "command": fields["command"], "read": None, "key": "", "limit": 1000,
+            "start_after": None,
+        })
+
     def _leader_target(self, answer: KVAnswer) -> Target | None:
         if answer.leader_id is not None and answer.leader_id == self._node.node_id:
             return LOCAL if self._local is not None else None
@@ -279,20 +283,28 @@ class KVClient:
         return None
 
     async def _attempt(self, target: Target, call: KVCall, timeout_s: float) -> KVAnswer | None:
-        waiter = _Waiter()
+        # A bare future and a timer: a cancel scope and an event per call would cost
+        # more than the rest of the client's work for a write.
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[KVAnswer | None] = loop.create_future()
+
+        def resolve(answer: KVAnswer | None) -> None:
+            if not future.done():
+                future.set_result(answer)
+
+        timer = loop.call_later(timeout_s, resolve, None)
         if isinstance(target, _Local):
             assert self._local is not None
-            self._local.submit(call, waiter.resolve)
+            self._local.submit(call, resolve)
         else:
-            self._waiting[call.call_id] = waiter
+            self._waiting[call.call_id] = resolve
             self._outgoing.setdefault(target, []).append(call)
             self._send_wanted.set()
         try:
-            with anyio.move_on_after(timeout_s):
-                await waiter.done.wait()
+            return await future
         finally:
+            timer.cancel()
             self._waiting.pop(call.call_id, None)
-        return waiter.answer
 
     async def run_sender(self) -> None:
         """Send queued calls, many per envelope, until cancelled (started by the node)."""
@@ -309,11 +321,11 @@ class KVClient:
     def _on_answers(self, inbound: Inbound) -> None:
         for answer in inbound.envelope.payloads:
             assert isinstance(answer, KVAnswer)
-            waiter = self._waiting.get(answer.call_id)
-            if waiter is None:
+            resolve = self._waiting.get(answer.call_id)
+            if resolve is None:
                 self.counters["answers_unmatched"] += 1
                 continue
-            waiter.resolve(answer)
+            resolve(answer)
 
 
 def _next_other(rotation: itertools.cycle[Target], current: Target) -> Target:

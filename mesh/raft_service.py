@@ -54,6 +54,7 @@ from consensus.kvstore import (
 )
 from consensus.raft import MESSAGE_KINDS, ConfState, EntryKind, RaftNode, Ready, Role
 from consensus.raft.messages import APPEND, HEARTBEAT, SNAPSHOT
+from consensus.trusted import trusted
 from mesh.config import RaftConfig
 from mesh.kv_messages import KVAnswer, KVCall, KVItem, KVLock
 from mesh.raft_storage import FileStorage
@@ -86,6 +87,7 @@ class _Waiting:
     answer: AnswerCallback
     since: float
     data: bytes = b""  # a write's proposed entry
+    request: Request | None = None  # and its request, so applying need not decode it
     read_index: int | None = None  # a read's index, once known
 
 
@@ -123,7 +125,8 @@ class RaftService:
         self._read_prefix = node.node_id[:4] + int(time.time_ns()).to_bytes(8, "big")
         self._last_sweep = 0.0
         self._last_lease_tick = 0.0
-        self._persisted_term = self.raft.term
+        initial = self.storage.hard_state
+        self._persisted_vote: tuple[int, bytes | None] = (initial.term, initial.vote)
         #: Called after a batch of answers was produced outside ``submit`` (set by the
         #: node, which sends the answers it collected).
         self.after_answers: Callable[[], None] = lambda: None
@@ -201,7 +204,7 @@ class RaftService:
             answer(KVAnswer(call_id=call.call_id, status="unavailable",
                             detail="the leader is busy (uncommitted bytes) or transferring"))
             return
-        self._writes[index] = _Waiting(call, answer, time.monotonic(), data)
+        self._writes[index] = _Waiting(call, answer, time.monotonic(), data, request)
 
     def _submit_read(self, call: KVCall, answer: AnswerCallback) -> None:
         raft = self.raft
@@ -261,18 +264,23 @@ class RaftService:
     async def _handle(self, ready: Ready) -> None:
         self.counters["readies"] += 1
         storage = self.storage
-        wrote = False
+        must_sync = False
         if ready.snapshot is not None:
             storage.apply_snapshot(ready.snapshot)  # durable when it returns
         if ready.entries:
             storage.append(ready.entries)
-            wrote = True
-        if ready.hard_state is not None:
-            storage.set_hard_state(ready.hard_state)
-            wrote = True
+            must_sync = True
+        hard = ready.hard_state
+        vote_changed = hard is not None and (hard.term, hard.vote) != self._persisted_vote
+        if hard is not None:
+            storage.set_hard_state(hard)
+            # A new commit index alone need not be durable before anything leaves: after
+            # a crash it is recomputed from the cluster. A term or vote must be.
+            self._persisted_vote = (hard.term, hard.vote)
+        must_sync = must_sync or vote_changed
         late: tuple[Outgoing, ...] | list[Outgoing] = ready.messages
-        if wrote:
-            if self._may_send_early(ready):
+        if must_sync:
+            if self.raft.role is Role.LEADER and not vote_changed:
                 early = [m for m in late if m.kind in _EARLY_KINDS]
                 late = [m for m in late if m.kind not in _EARLY_KINDS]
                 self._send(early)
@@ -280,8 +288,6 @@ class RaftService:
             await anyio.to_thread.run_sync(storage.make_durable)
             storage.finish_sync()
             self.counters["fsyncs"] += 1
-        if ready.hard_state is not None:
-            self._persisted_term = ready.hard_state.term
         self._send(late)
         if ready.soft_state is not None:
             self._on_role_change()
@@ -290,12 +296,6 @@ class RaftService:
         self._serve_reads()
         self.after_answers()
         self._maybe_snapshot()
-
-    def _may_send_early(self, ready: Ready) -> bool:
-        hard = ready.hard_state
-        return self.raft.role is Role.LEADER and (
-            hard is None or hard.term == self._persisted_term
-        )
 
     def _send(self, messages: tuple[Outgoing, ...] | list[Outgoing]) -> None:
         for out in messages:
@@ -338,15 +338,17 @@ class RaftService:
             self._applied = index
             if entry.kind is not EntryKind.NORMAL or not entry.data:
                 continue
-            response = kv.apply(index, entry.data)
             self.counters["writes_applied"] += 1
             waiting = writes.pop(index, None) if writes else None
             if waiting is None:
+                kv.apply(index, entry.data)
                 continue
             if waiting.data == entry.data:
-                waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="ok",
-                                        response=encode_response(response)))
+                assert waiting.request is not None
+                response = kv.apply_request(index, waiting.request)
+                waiting.answer(_answer(waiting.call.call_id, "ok", encode_response(response)))
             else:  # another leader's entry took the slot: retry decides
+                kv.apply(index, entry.data)
                 waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="unavailable",
                                         detail="the request lost its log slot; retry"))
         for state in ready.read_states:
@@ -409,6 +411,15 @@ class RaftService:
             "counters": {**self.counters, **raft.counters},
             "log": self.storage.log.stats,
         }
+
+
+def _answer(call_id: int, status: str, response: bytes) -> KVAnswer:
+    """A write's answer, built without validation: every value here is our own."""
+    return trusted(KVAnswer, {
+        "call_id": call_id, "status": status, "response": response, "item": None,
+        "items": [], "truncated": False, "lock": None, "leader_id": None,
+        "leader_address": None, "detail": "",
+    })
 
 
 def _item(item: Any) -> KVItem:

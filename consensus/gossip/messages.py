@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from consensus.trusted import trusted
 
 __all__ = [
     "DELTAS",
@@ -86,28 +88,6 @@ def make_origin(node_id: bytes, incarnation: int) -> bytes:
 def writer_of(origin: bytes) -> bytes:
     """The node id inside an origin id."""
     return origin[:-INCARNATION_BYTES]
-
-
-M = TypeVar("M", bound=BaseModel)
-_set_attribute = object.__setattr__
-
-
-def trusted(model: type[M], values: dict[str, Any]) -> M:
-    """A ``model`` instance holding ``values`` as given, without validation.
-
-    For payloads a core builds on a hot path from its own, already valid state:
-    validation would cost more than the rest of the work, and ``model_construct``
-    is slower still (it resolves aliases and defaults field by field). ``values``
-    must give every field, in declaration order, each as validation would have
-    stored it; the result is then indistinguishable from a validated instance
-    (equality, hashing, dumps). Receivers validate everything that arrives.
-    """
-    instance = model.__new__(model)
-    _set_attribute(instance, "__dict__", values)
-    _set_attribute(instance, "__pydantic_fields_set__", set(values))
-    _set_attribute(instance, "__pydantic_extra__", None)
-    _set_attribute(instance, "__pydantic_private__", None)
-    return instance
 
 
 class _Payload(BaseModel):

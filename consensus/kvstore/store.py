@@ -54,6 +54,7 @@ from consensus.kvstore.commands import (
     LockAcquire,
     LockRelease,
     Put,
+    Request,
     Tick,
     decode_request,
 )
@@ -187,11 +188,19 @@ class KVStore:
         Never raises for the entry's content; see the module doc for the steps.
         """
         assert index > self._applied_index, (index, self._applied_index)
-        self._applied_index = index
         try:
             request = decode_request(request_bytes)
         except CommandError as exc:
+            self._applied_index = index
             return Response(index, ErrorCode.INVALID_REQUEST, detail=_clip(str(exc)))
+        return self.apply_request(index, request)
+
+    def apply_request(self, index: int, request: Request) -> Response:
+        """``apply`` for a request already decoded: the bytes of the entry at ``index``
+        must be ``encode_request(request)`` (the leader keeps the requests it
+        proposed and saves decoding them again)."""
+        assert index > self._applied_index, (index, self._applied_index)
+        self._applied_index = index
         self._advance_clock(request.now_ms)
         client_id = request.client_id
         if client_id:

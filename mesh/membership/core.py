@@ -39,7 +39,7 @@ from types import MappingProxyType
 from pydantic import BaseModel
 
 from consensus.core import Incoming, Outgoing
-from consensus.gossip.messages import trusted
+from consensus.trusted import trusted
 from mesh.membership.awareness import Awareness
 from mesh.membership.broadcasts import BroadcastQueue, retransmit_limit
 from mesh.membership.members import (
