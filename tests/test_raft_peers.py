@@ -1,0 +1,193 @@
+"""The Raft benchmark's peer systems run end to end in short form and leave nothing behind.
+
+PySyncObj and etcd are optional benchmark-only peers: the smoke runs are skipped,
+with the install command as the reason, where they are not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from conftest import wait_for
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "raft_peers.py"
+KEYS = ("system", "writes_per_s", "p50_ms", "p99_ms", "failover_ms_p50", "failover_ms_all", "notes")
+
+
+def _load_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("raft_peers", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["raft_peers"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+raft_peers = _load_module()
+
+needs_pysyncobj = pytest.mark.skipif(
+    not raft_peers.pysyncobj_available(),
+    reason=f"pysyncobj is not installed (optional benchmark peer: {raft_peers.PYSYNCOBJ_INSTALL})",
+)
+needs_etcd = pytest.mark.skipif(
+    raft_peers.etcd_binary() is None,
+    reason=f"the etcd binary is not installed (optional benchmark peer: {raft_peers.ETCD_INSTALL})",
+)
+
+
+def _processes_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is inside ``directory``."""
+    found = []
+    root = str(directory.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (cwd == root or cwd.startswith(root + os.sep)):
+            found.append(int(entry.name))
+    return found
+
+
+def _kill_leftovers(tmp_path: Path) -> None:
+    for pid in _processes_in(tmp_path):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _check_report(report: dict[str, object], system: str) -> None:
+    for key in KEYS:
+        assert key in report, (key, report)
+    assert report["system"] == system
+    assert report["writes_per_s"] > 0, report  # type: ignore[operator]
+    assert 0 < report["p50_ms"] <= report["p99_ms"], report  # type: ignore[operator]
+    assert report["errors"] == 0, report
+    failovers = report["failover_ms_all"]
+    assert isinstance(failovers, list) and len(failovers) == 1, report
+    assert failovers[0] > 0 and report["failover_ms_p50"] == failovers[0], report
+
+
+def _check_cleaned_up(tmp_path: Path) -> None:
+    assert _processes_in(tmp_path) == []
+    assert list(tmp_path.iterdir()) == [], "the temporary cluster directory was left behind"
+
+
+@needs_pysyncobj
+def test_pysyncobj_short_run_reports_every_figure_and_cleans_up(tmp_path: Path) -> None:
+    report = raft_peers.bench_pysyncobj(1.0, 64, 8, failovers=1, tmp_dir=str(tmp_path))
+    _check_report(report, "pysyncobj")
+    assert report["in_leader"]["writes_per_s"] > 0, report
+    assert report["in_leader"]["p50_ms"] <= report["in_leader"]["p99_ms"], report
+    _check_cleaned_up(tmp_path)
+
+
+@needs_etcd
+def test_etcd_short_run_reports_every_figure_and_cleans_up(tmp_path: Path) -> None:
+    report = raft_peers.bench_etcd(1.0, 64, 8, failovers=1, tmp_dir=str(tmp_path))
+    _check_report(report, "etcd")
+    _check_cleaned_up(tmp_path)
+
+
+def _start_cli(tmp_path: Path, system: str, *options: str) -> subprocess.Popen[bytes]:
+    """The script in a subprocess; its clusters under tmp_path/clusters, stderr in a file."""
+    (tmp_path / "clusters").mkdir()
+    with open(tmp_path / "stderr.txt", "wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--system", system, "--outstanding", "4",
+             "--tmp-dir", str(tmp_path / "clusters"), *options],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
+
+
+def _stderr(tmp_path: Path) -> str:
+    return (tmp_path / "stderr.txt").read_text()
+
+
+def _interrupt_during(tmp_path: Path, system: str, phase: str, signum: int) -> None:
+    options = (
+        ("--seconds", "0.5", "--failovers", "50") if phase == "failover" else ("--seconds", "60")
+    )
+    bench = _start_cli(tmp_path, system, *options)
+    try:
+        wait_for(lambda: f"{system}: {phase}" in _stderr(tmp_path), timeout_s=60, what=phase)
+        assert len(_processes_in(tmp_path / "clusters")) >= 2
+        bench.send_signal(signum)
+        assert bench.wait(timeout=60) == 130, _stderr(tmp_path)
+        assert "cleaned up" in _stderr(tmp_path)
+        _check_cleaned_up(tmp_path / "clusters")
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        _kill_leftovers(tmp_path)
+
+
+@needs_pysyncobj
+@pytest.mark.parametrize(
+    ("phase", "signum"),
+    [("throughput", signal.SIGINT), ("throughput", signal.SIGTERM), ("failover", signal.SIGINT)],
+    ids=["ctrl-c-under-load", "sigterm-under-load", "ctrl-c-in-failover"],
+)
+def test_interrupting_the_pysyncobj_run_stops_and_removes_the_cluster(
+    tmp_path: Path, phase: str, signum: int
+) -> None:
+    _interrupt_during(tmp_path, "pysyncobj", phase, signum)
+
+
+@needs_etcd
+@pytest.mark.parametrize("phase", ["throughput", "failover"])
+def test_interrupting_the_etcd_run_stops_and_removes_the_cluster(
+    tmp_path: Path, phase: str
+) -> None:
+    _interrupt_during(tmp_path, "etcd", phase, signal.SIGINT)
+
+
+@needs_pysyncobj
+@pytest.mark.skipif(not Path("/usr/bin/setpriv").exists(), reason="needs util-linux setpriv")
+def test_replicas_die_with_a_killed_benchmark(tmp_path: Path) -> None:
+    bench = _start_cli(tmp_path, "pysyncobj", "--seconds", "60")
+    try:
+        wait_for(lambda: "pysyncobj: throughput" in _stderr(tmp_path), timeout_s=60, what="load")
+        bench.kill()  # SIGKILL: no finally runs; the parent-death signal must do it
+        bench.wait(timeout=10)
+        wait_for(lambda: not _processes_in(tmp_path), timeout_s=10, what="replicas to exit")
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        _kill_leftovers(tmp_path)
+
+
+def test_missing_pysyncobj_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(raft_peers, "pysyncobj_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"pip install pysyncobj==0\.3\.17"):
+        raft_peers.bench_pysyncobj(1.0, 64, 8, failovers=1)
+
+
+def test_missing_etcd_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(raft_peers, "etcd_binary", lambda: None)
+    with pytest.raises(RuntimeError, match="apt-get install etcd-server"):
+        raft_peers.bench_etcd(1.0, 64, 8, failovers=1)
+    assert raft_peers.main(["--system", "etcd"]) == 2
+    assert "apt-get install etcd-server" in capsys.readouterr().err
+
+
+def test_nonsense_arguments_are_refused_before_starting_anything() -> None:
+    with pytest.raises(ValueError, match="outstanding"):
+        raft_peers.bench_etcd(1.0, 64, 0)
+    with pytest.raises(ValueError, match="seconds"):
+        raft_peers.bench_pysyncobj(0.0, 64, 8)
