@@ -7,9 +7,9 @@ core's output is carried out by ``run``, one ``Ready`` at a time, in the order
 the core requires:
 
 1. write the Ready's snapshot, entries and hard state to the log (buffered);
-2. the fsync, on a worker thread, so the event loop keeps receiving and
-   stepping the core meanwhile; whatever arrives during it goes into the next
-   Ready, so one fsync covers every entry that arrived meanwhile (group commit);
+2. the fsync (on the event loop, or with ``fsync_on_thread`` on a worker
+   thread while the loop keeps receiving); whatever arrives meanwhile goes into
+   the next Ready, so one fsync covers every entry that arrived (group commit);
 3. send the Ready's messages. A leader's appends and heartbeats go out before
    its own fsync instead (Raft thesis 10.2.1): they depend on nothing the leader
    has yet to persist, and the leader counts its own copy toward a commit only
@@ -285,7 +285,10 @@ class RaftService:
                 late = [m for m in late if m.kind not in _EARLY_KINDS]
                 self._send(early)
             storage.write_out()
-            await anyio.to_thread.run_sync(storage.make_durable)
+            if self._config.fsync_on_thread:
+                await anyio.to_thread.run_sync(storage.make_durable)
+            else:
+                storage.make_durable()
             storage.finish_sync()
             self.counters["fsyncs"] += 1
         self._send(late)

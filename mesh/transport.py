@@ -253,7 +253,10 @@ class Transport:
 
     def _try_send(self, connection: _Connection, frame: bytes) -> bool:
         try:
-            connection.sync.send(frame, zmq.NOBLOCK, copy=len(frame) < 65536)
+            # Always copied: a zero-copy send hands the buffer's release to pyzmq's
+            # garbage thread, whose grabs of the GIL stall the event loop far longer
+            # than copying even a megabyte does when the cores are busy.
+            connection.sync.send(frame, zmq.NOBLOCK, copy=True)
         except zmq.Again:
             return False
         self.counters.frames_sent += 1
