@@ -171,15 +171,12 @@ def test_every_node_crashed_at_once_recovers_from_its_disk() -> None:
     assert_healthy(result)
 
 
-# -- a bug of the Raft core the scenario found -------------------------------------------
-
-SNAPSHOT_STORM = (
-    "consensus/raft/snapshot_transfer.py: Sending.on_ack rewinds to the acknowledged offset "
-    "on every ack below `sent`, which in-window acks always are, and the leader pumps a full "
-    "window after each ack: chunks grow geometrically (x window per round trip)")
+# -- a bug of the Raft core the scenario found: a snapshot message storm ----------------
+# Sending.on_ack used to go back to the acknowledged offset on every acknowledgement
+# below ``sent``, which in-window ones always are, and the leader pumped a full window
+# after each: chunks grew geometrically (x window per round trip).
 
 
-@pytest.mark.xfail(strict=True, reason=SNAPSHOT_STORM)
 def test_a_multi_chunk_snapshot_costs_about_one_send_per_chunk() -> None:
     snapshot = Snapshot(index=5, term=1, conf=CONF, data=bytes(64 * 16))
     sending = Sending(snapshot, chunk_bytes=64, window=4)
@@ -195,16 +192,26 @@ def test_a_multi_chunk_snapshot_costs_about_one_send_per_chunk() -> None:
         sent += len(more)
         wire.extend(more)
     assert receiving.complete
-    assert sent <= 2 * 16  # measured: 976
+    assert sent == 16  # before the fix: 976
 
 
-@pytest.mark.xfail(strict=True, reason=SNAPSHOT_STORM)
 def test_catching_up_by_a_multi_chunk_snapshot_causes_no_message_storm() -> None:
     tiny_chunks = RaftScenario(RaftSettings(snapshot_chunk_bytes=64),
                                snapshot_interval_entries=16, snapshot_keep_entries=0)
     result = run(1, 3, 10, script="at 2 crash n2; at 6 restart n2", scenario=tiny_chunks)
     assert result.metrics["snapshots_installed"] >= 1
-    assert result.passed, explain(result)  # fails with raft.message_storm
+    assert result.passed, explain(result)  # failed with raft.message_storm
+    assert result.metrics["message_storms"] == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_multi_chunk_snapshots_under_every_fault_kind(seed: int) -> None:
+    tiny_chunks = RaftScenario(RaftSettings(snapshot_chunk_bytes=64),
+                               snapshot_interval_entries=16, snapshot_keep_entries=0)
+    result = run(seed, 3, 20, faults=ALL_FAULTS, scenario=tiny_chunks)
+    assert_healthy(result)  # before the fix: raft.message_storm on every one of these seeds
+    assert result.metrics["snapshots_installed"] >= 1
+    assert result.metrics["message_storms"] == 0
 
 
 # -- determinism -----------------------------------------------------------------------
