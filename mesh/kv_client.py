@@ -74,6 +74,9 @@ class KVInvalid(KVError):
     """The cluster refused the request as malformed; retrying will not help."""
 
 
+_Calls = list[KVCall]  # ``list`` alone would name the method ``KVClient.list`` in the class
+
+
 class _Local:
     def __repr__(self) -> str:
         return "LOCAL"
@@ -111,6 +114,7 @@ class KVClient:
         self._outgoing: dict[str | bytes, list[KVCall]] = {}
         self._send_wanted = anyio.Event()
         self._leader: Target | None = None
+        self._heard: dict[object, float] = {}  # target -> when it last answered anything
         self.counters = dict.fromkeys(
             ("calls", "attempts", "redirects", "retries_unavailable", "attempt_timeouts",
              "answers_unmatched", "envelopes_sent"), 0)
@@ -233,9 +237,8 @@ class KVClient:
         while time.monotonic() < deadline:
             call = self._new_call(fields)
             self.counters["attempts"] += 1
-            timeout = min(config.client_attempt_timeout_ms / 1000,
-                          max(0.0, deadline - time.monotonic()))
-            answer = await self._attempt(target, call, timeout)
+            answer = await self._attempt(target, call, config.client_attempt_timeout_ms / 1000,
+                                         max(0.0, deadline - time.monotonic()))
             if answer is None:
                 self.counters["attempt_timeouts"] += 1
                 last_problem = f"{_show(target)} did not answer"
@@ -282,7 +285,9 @@ class KVClient:
             return answer.leader_id
         return None
 
-    async def _attempt(self, target: Target, call: KVCall, timeout_s: float) -> KVAnswer | None:
+    async def _attempt(
+        self, target: Target, call: KVCall, silence_s: float, timeout_s: float
+    ) -> KVAnswer | None:
         # A bare future and a timer: a cancel scope and an event per call would cost
         # more than the rest of the client's work for a write.
         loop = asyncio.get_running_loop()
@@ -292,33 +297,59 @@ class KVClient:
             if not future.done():
                 future.set_result(answer)
 
-        timer = loop.call_later(timeout_s, resolve, None)
+        # Give up on the target only after it has been silent for a whole attempt
+        # timeout: a busy leader still answers other calls, and resending to it would
+        # only add work; a dead or cut-off one goes quiet.
+        heard_key: object = target
+        give_up_at = time.monotonic() + timeout_s
+        timers: list[asyncio.TimerHandle] = []
+
+        def check() -> None:
+            now = time.monotonic()
+            heard = now if heard_key is LOCAL else self._heard.get(heard_key, 0.0)
+            if now >= give_up_at or now - heard >= silence_s:
+                resolve(None)
+            else:
+                timers.append(loop.call_later(silence_s, check))
+
+        timers.append(loop.call_later(min(silence_s, timeout_s), check))
         if isinstance(target, _Local):
             assert self._local is not None
             self._local.submit(call, resolve)
         else:
             self._waiting[call.call_id] = resolve
-            self._outgoing.setdefault(target, []).append(call)
-            self._send_wanted.set()
+            queued = self._outgoing.setdefault(target, [])
+            queued.append(call)
+            if len(queued) >= self._config.client_batch_calls_max:
+                # Full: send it now, so the voter starts on it while we make more.
+                del self._outgoing[target]
+                self._send(target, queued)
+            else:
+                self._send_wanted.set()
         try:
             return await future
         finally:
-            timer.cancel()
+            timers[-1].cancel()
             self._waiting.pop(call.call_id, None)
 
     async def run_sender(self) -> None:
         """Send queued calls, many per envelope, until cancelled (started by the node)."""
-        batch_max = self._config.client_batch_calls_max
         while True:
             await self._send_wanted.wait()
             self._send_wanted = anyio.Event()
             outgoing, self._outgoing = self._outgoing, {}
             for target, calls in outgoing.items():
-                for start in range(0, len(calls), batch_max):
-                    self.counters["envelopes_sent"] += 1
-                    self._node.send_nowait(target, KV_CALL, calls[start:start + batch_max])
+                self._send(target, calls)
+
+    def _send(self, target: str | bytes, calls: _Calls) -> None:
+        self.counters["envelopes_sent"] += 1
+        self._node.send_nowait(target, KV_CALL, calls)
 
     def _on_answers(self, inbound: Inbound) -> None:
+        now = time.monotonic()
+        self._heard[inbound.envelope.sender] = now
+        if inbound.route.address is not None:
+            self._heard[inbound.route.address] = now
         for answer in inbound.envelope.payloads:
             assert isinstance(answer, KVAnswer)
             resolve = self._waiting.get(answer.call_id)

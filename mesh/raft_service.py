@@ -120,6 +120,7 @@ class RaftService:
         self._applied = snapshot.index
         self._wake = anyio.Event()
         self._writes: dict[int, _Waiting] = {}  # by proposed log index
+        self._proposed: dict[tuple[str, int], int] = {}  # (client id, seq) -> its index
         self._reads: dict[bytes, _Waiting] = {}  # by read request id
         self._reads_started = 0
         self._read_prefix = node.node_id[:4] + int(time.time_ns()).to_bytes(8, "big")
@@ -188,6 +189,13 @@ class RaftService:
             self._redirect(call, answer)
             return
         assert call.command is not None
+        session = (call.client_id, call.seq)
+        if call.client_id and session in self._proposed:
+            # A retry of a write still in flight here: answer it when that commits,
+            # rather than propose it again (the store would apply it once anyway).
+            waiting = self._writes[self._proposed[session]]
+            waiting.call, waiting.answer = call, answer
+            return
         try:
             request = Request(call.client_id, call.seq, _wall_ms(), decode_command(call.command))
         except CommandError as exc:
@@ -205,6 +213,8 @@ class RaftService:
                             detail="the leader is busy (uncommitted bytes) or transferring"))
             return
         self._writes[index] = _Waiting(call, answer, time.monotonic(), data, request)
+        if call.client_id:
+            self._proposed[session] = index
 
     def _submit_read(self, call: KVCall, answer: AnswerCallback) -> None:
         raft = self.raft
@@ -241,6 +251,7 @@ class RaftService:
         expired: list[_Waiting] = []
         for index in [i for i, w in self._writes.items() if now - w.since > limit]:
             expired.append(self._writes.pop(index))
+            self._proposed.pop((expired[-1].call.client_id, expired[-1].call.seq), None)
         for request_id in [r for r, w in self._reads.items() if now - w.since > limit]:
             expired.append(self._reads.pop(request_id))
         for waiting in expired:
@@ -258,6 +269,9 @@ class RaftService:
                 self._wake = anyio.Event()
                 while self.raft.has_ready():
                     await self._handle(self.raft.ready())
+                    # Let the node receive and tick between Readies: with the fsync
+                    # on the loop nothing else in a Ready yields.
+                    await anyio.lowlevel.checkpoint()
         finally:
             self.storage.close()
 
@@ -322,6 +336,7 @@ class RaftService:
         # Proposals of a deposed leader may or may not commit: the client retries at the
         # new leader with the same sequence number and the store answers it once.
         pending, self._writes = self._writes, {}
+        self._proposed.clear()
         for waiting in pending.values():
             waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="unavailable",
                                     leader_id=self.raft.leader_id,
@@ -346,6 +361,7 @@ class RaftService:
             if waiting is None:
                 kv.apply(index, entry.data)
                 continue
+            self._proposed.pop((waiting.call.client_id, waiting.call.seq), None)
             if waiting.data == entry.data:
                 assert waiting.request is not None
                 response = kv.apply_request(index, waiting.request)

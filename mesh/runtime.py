@@ -105,6 +105,7 @@ class NodeCounters:
     handler_errors: int = 0
     unhandled: int = 0
     responses_unmatched: int = 0
+    loop_lag_max_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -398,8 +399,24 @@ class Node:
     async def _tick_loop(self) -> None:
         interval_s = self.config.tick_interval_ms / 1000
         members_written = 0.0
+        previous = time.monotonic()
         while True:
             now = time.monotonic()
+            # A late tick means the event loop was busy elsewhere: every protocol timer
+            # was late by as much (reported in status as loop_lag_max_ms).
+            lag_ms = int((now - previous - interval_s) * 1000)
+            previous = now
+            if lag_ms > self.counters.loop_lag_max_ms:
+                self.counters.loop_lag_max_ms = lag_ms
+                if lag_ms >= 100:
+                    log.warning("the event loop was blocked for about %d ms", lag_ms)
+            if lag_ms > 0:
+                # Late: let the receivers hand over what arrived meanwhile first, so
+                # that a core does not time out peers whose answers are waiting in
+                # our own socket (a leader would step down for want of a quorum).
+                for _ in range(2):
+                    await anyio.lowlevel.checkpoint()
+                now = time.monotonic()
             for core in self._cores:
                 core.tick(now)
                 self._flush(core)
@@ -708,6 +725,7 @@ class Node:
                 "handler_errors": counters.handler_errors,
                 "unhandled": counters.unhandled,
                 "responses_unmatched": counters.responses_unmatched,
+                "loop_lag_max_ms": counters.loop_lag_max_ms,
                 "rejected": self.opener.rejected_by_name(),
                 "transport": self.transport.counters.as_dict(),
             },
