@@ -1,9 +1,11 @@
 """The ``agentmesh`` command line.
 
 Subcommands: ``ca init``, ``keygen``, ``node run``, ``up``, ``status``,
-``gossip get|set|del|list``, ``config defaults``, and those of the layers above
-registered as entry points (``sim``). Operating errors (``MeshError``) print
-one line to stderr and exit 1; read commands take ``--json``.
+``gossip get|set|del|list``, ``kv put|get|cas|del|list`` and
+``lock acquire|release|holder`` (``mesh.kv_cli``, which documents their exit
+codes), ``config defaults``, and those of the layers above registered as entry
+points (``sim``). Operating errors (``MeshError``, also when raised inside a task
+group) print one line to stderr and exit 1; read commands take ``--json``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from mesh import __version__
 from mesh.config import defaults_toml, load_config
 from mesh.errors import MeshError
 from mesh.gossip_cli import GossipCommandError, gossip_command, parse_value
+from mesh.kv_cli import register as register_kv_commands
 from mesh.launcher import ClusterLauncher
 from mesh.layout import (
     AUTHORITY_PUB,
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--timeout", type=float, default=2.0, help="seconds per node")
         sub.set_defaults(handler=_gossip, operation=name)
 
+    register_kv_commands(commands)
     _register_extensions(commands)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(
@@ -144,7 +148,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MeshError as exc:
         print(f"agentmesh: error: {exc}", file=sys.stderr)
         return 1
+    except BaseExceptionGroup as group:
+        # A MeshError raised in a task (e.g. a corrupt Raft log found as the node
+        # starts) arrives wrapped by its task group: still one line, no traceback.
+        errors = _mesh_errors_only(group)
+        if errors is None:
+            raise
+        print("agentmesh: error: " + "; ".join(str(e) for e in errors), file=sys.stderr)
+        return 1
     return code
+
+
+def _mesh_errors_only(group: BaseExceptionGroup[BaseException]) -> list[MeshError] | None:
+    """The ``MeshError``s of a (nested) exception group, or None if it holds anything else."""
+    found: list[MeshError] = []
+    for error in group.exceptions:
+        if isinstance(error, MeshError):
+            found.append(error)
+        elif isinstance(error, BaseExceptionGroup):
+            inner = _mesh_errors_only(error)
+            if inner is None:
+                return None
+            found += inner
+        else:
+            return None
+    return found
 
 
 def _ca_init(args: argparse.Namespace) -> int:
