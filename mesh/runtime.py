@@ -316,10 +316,11 @@ class Node:
     def _on_kv_calls(self, inbound: Inbound) -> None:
         assert self.raft is not None
         key = (inbound.route, inbound.envelope.sender)
-        answers = self._kv_answers
 
         def answer(reply: KVAnswer) -> None:
-            answers.setdefault(key, []).append(reply)
+            # Looked up at answer time: a flush replaces the dict, and most answers
+            # come after one (once their write is applied or their read index is).
+            self._kv_answers.setdefault(key, []).append(reply)
 
         for call in inbound.envelope.payloads:
             assert isinstance(call, KVCall)

@@ -224,13 +224,6 @@ def test_a_long_running_client_keeps_working_while_other_cli_commands_run(
     anyio.run(scenario)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="bug in mesh.kv_client.KVClient: its kv.call envelopes never carry its "
-    "certificate (run_sender calls node.send_nowait without attach_certificate), so a "
-    "node that has not seen the client's identity yet (one no 'agentmesh status' has "
-    "asked since it started, e.g. any node after a restart) refuses every call as "
-    "unknown_sender and the client ends with KVUnavailable")
 def test_kv_commands_work_on_nodes_that_never_saw_the_cli_identity(
     local_cluster: LocalCluster,
 ) -> None:

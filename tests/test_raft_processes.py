@@ -18,7 +18,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import anyio
 import pytest
-from pydantic import BaseModel
 
 from conftest import LocalCluster, NodeProcess, run_cli
 from consensus.kvstore import ErrorCode, Response
@@ -133,29 +132,13 @@ async def caught_up(cluster: LocalCluster, name: str, index: int, *,
                             what=f"{name} to apply up to index {index}")
 
 
-class _IntroducedNode(Node):
-    """A client node that attaches its certificate to every envelope.
-
-    Works around a bug: ``KVClient`` sends its ``kv.call`` envelopes without the
-    certificate, so a node that has not seen this identity before (every node, for
-    a new client; a restarted node, for every client) refuses them as
-    ``unknown_sender`` and the client gives up with ``KVUnavailable``.
-    ``test_kv_cli.py::test_kv_commands_work_on_nodes_that_never_saw_the_cli_identity``
-    shows it (xfail until ``KVClient`` attaches its certificate on first contact).
-    """
-
-    def send_nowait(self, to: bytes | str, kind: str, payloads: Sequence[BaseModel], *,
-                    attach_certificate: bool = False) -> bool:
-        return super().send_nowait(to, kind, payloads, attach_certificate=True)
-
-
 @asynccontextmanager
 async def own_client(cluster_dir: Path, name: str) -> AsyncIterator[KVClient]:
     """A ``KVClient`` with an identity of its own, retrying the nodes in ``cluster.json``."""
     client_dir = cluster_dir / "clients" / name
     create_node_identity(client_dir, load_authority(cluster_dir), name=name, roles=["client"])
     files = load_node_files(client_dir)
-    node = _IntroducedNode.client(config=NodeConfig(name=name), identity=files.identity,
+    node = Node.client(config=NodeConfig(name=name), identity=files.identity,
                                   certificate=files.certificate,
                                   authority_public_key=files.authority_public_key)
     known: list[str] = []
@@ -485,13 +468,6 @@ def test_a_torn_tail_is_cut_and_caught_up_but_a_flipped_byte_stops_the_node(
 # -- answers to concurrent clients ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="bug in mesh.runtime.Node._on_kv_calls: the answer callback appends to the "
-    "dict self._kv_answers was when the calls arrived, but flush_kv_answers swaps that "
-    "dict for a new one whenever it sends anything; an answer produced later (a write "
-    "once applied, a read once its index is applied) lands in the discarded dict and is "
-    "never sent, so the client waits client_attempt_timeout_ms and retries")
 def test_concurrent_calls_of_several_clients_are_each_answered_without_a_retry(
     local_cluster: LocalCluster,
 ) -> None:
