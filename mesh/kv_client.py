@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -125,13 +126,12 @@ class KVClient:
     async def connect(cls, cluster_dir: Path | str) -> AsyncIterator[KVClient]:
         """A standalone client of the cluster in ``cluster_dir`` (its CLI identity),
         running for the ``async with`` block."""
-        from mesh.layout import read_cluster_file
         from mesh.status import open_client
 
         cluster = Path(cluster_dir)
-        addresses = _voters_first(read_cluster_file(cluster))
+        listing = _ClusterListing(cluster)
         node = open_client(cluster)
-        client = cls(node, node.config.raft, lambda: addresses)
+        client = cls(node, node.config.raft, listing.addresses)
         async with node.running(), anyio.create_task_group() as tg:
             tg.start_soon(client.run_sender)
             try:
@@ -360,6 +360,30 @@ class KVClient:
                 self.counters["answers_unmatched"] += 1
                 continue
             resolve(answer)
+
+
+class _ClusterListing:
+    """The addresses in ``cluster.json``, read again (at most once a second) when asked,
+    so that a long-lived client follows nodes that restarted on other ports."""
+
+    def __init__(self, cluster: Path) -> None:
+        self._cluster = cluster
+        self._read_at = -math.inf
+        self._addresses: list[str] = []
+        self.addresses()  # a missing or broken cluster.json fails here, at connect
+
+    def addresses(self) -> list[str]:
+        from mesh.layout import read_cluster_file
+
+        now = time.monotonic()
+        if now - self._read_at >= 1.0:
+            try:
+                self._addresses = _voters_first(read_cluster_file(self._cluster))
+            except MeshError:
+                if not self._addresses:
+                    raise
+            self._read_at = now
+        return self._addresses
 
 
 def _voters_first(listed: Sequence[dict[str, Any]]) -> list[str]:

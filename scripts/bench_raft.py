@@ -35,6 +35,7 @@ import anyio
 
 from mesh.kv_client import KVClient, KVError
 from mesh.launcher import ClusterLauncher
+from mesh.layout import write_cluster_file
 from mesh.status import gather_status
 
 VOTERS = 3
@@ -99,6 +100,8 @@ class Cluster:
         index = int(old.name.removeprefix("node"))
         node = self.launcher._start(index, seeds)
         self.launcher._await_address(node)
+        # It listens on a new port: status (and new clients) find it through cluster.json.
+        write_cluster_file(self.directory, [n.as_json() for n in self.launcher.nodes])
 
 
 async def _throughput(kv: KVClient, seconds: float, outstanding: int, value: bytes,
@@ -143,6 +146,8 @@ async def _failover(cluster: Cluster, kv: KVClient, value: bytes) -> float:
             await kv.put("failover/probe", value)
             break
         except KVError:
+            if time.monotonic() - killed_at > _CATCH_UP_TIMEOUT_S:
+                raise
             continue
     elapsed = time.monotonic() - killed_at
     cluster.restart(position)
