@@ -190,6 +190,7 @@ class Transport:
         parts = [route.identity, b"", frame] if route.delimiter else [route.identity, frame]
         try:
             self._listener_sync.send_multipart(parts, zmq.NOBLOCK)
+            _recheck_readable(self._listener)
         except zmq.Again:
             self.counters.dropped_queue_full += 1
             return False
@@ -259,6 +260,7 @@ class Transport:
             connection.sync.send(frame, zmq.NOBLOCK, copy=True)
         except zmq.Again:
             return False
+        _recheck_readable(connection.socket)
         self.counters.frames_sent += 1
         return True
 
@@ -304,6 +306,19 @@ class Transport:
                 self._on_frames(batch)
             if len(batch) == batch_max:
                 await anyio.sleep(0)  # let timers run between full batches
+
+
+def _recheck_readable(socket: zmq.asyncio.Socket | None) -> None:
+    """Wake a pending poll of ``socket`` if a send just made it readable.
+
+    ZeroMQ signals readiness on an edge-triggered descriptor, and a send processes
+    the socket's pending commands, which can make messages readable without a new
+    edge: a reader waiting in ``poll`` would then sleep until unrelated traffic
+    arrived, seconds later under load. pyzmq's asyncio socket re-checks its
+    events whenever ``EVENTS`` is read through it, and schedules the pending poll.
+    """
+    if socket is not None:
+        socket.get(zmq.EVENTS)
 
 
 async def _poll(socket: zmq.asyncio.Socket, flags: int, timeout_ms: int | None = None) -> int:
