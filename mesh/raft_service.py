@@ -426,6 +426,8 @@ class RaftService:
             "voters": [v.hex() for v in raft.voters],
             "learners": [v.hex() for v in raft.learners],
             "keys": len(self.kv),
+            "last_index": raft.last_index,
+            "progress": raft.progress_status(),
             "pending_calls": len(self._writes) + len(self._reads),
             "counters": {**self.counters, **raft.counters},
             "log": self.storage.log.stats,

@@ -313,6 +313,22 @@ class RaftNode:
             "voters": [voter.hex() for voter in self._conf.voters],
         }
 
+    def progress_status(self) -> dict[str, dict[str, Any]]:
+        """On a leader, how far each member's log is known to match (for status JSON);
+        empty elsewhere."""
+        if self._role is not Role.LEADER:
+            return {}
+        return {
+            peer.hex(): {
+                "match": progress.match,
+                "next": progress.next,
+                "state": progress.state.name.lower(),
+                "inflight": len(progress.inflights),
+                "recent_active": progress.recent_active,
+            }
+            for peer, progress in self._progress.items()
+        }
+
     def log_entries(self, lo: int, hi: int) -> list[Entry]:
         """Entries ``lo <= index < hi`` of the log, persisted or not (for checkers).
 
