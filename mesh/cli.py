@@ -11,6 +11,7 @@ group) print one line to stderr and exit 1; read commands take ``--json``.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -216,6 +217,9 @@ def _node_run(args: argparse.Namespace) -> int:
         authority_public_key=files.authority_public_key,
         node_dir=args.dir,
     )
+    # `kill -USR1 PID` writes every thread's stack to the node's stderr (its log):
+    # what an operator needs to see where a stuck node is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     profile_dir = os.environ.get(PROFILE_DIR_ENV)
     if profile_dir:
         # For benchmarks: where a node's time goes, written when it stops.
