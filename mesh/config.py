@@ -426,7 +426,7 @@ class RaftConfig(_Section):
         "an error (a write's outcome is then unknown).",
     )
     client_batch_calls_max: int = Field(
-        4096,
+        256,
         ge=1,
         description="Requests a client sends in one envelope at most (one signature for "
         "all of them); a full batch leaves at once, so the voter works on it while the "

@@ -234,12 +234,18 @@ class KVClient:
         target = self._leader if self._leader is not None else targets[0]
         rotation = itertools.cycle(targets)
         last_problem = "no answer"
+        silent = 0
         while time.monotonic() < deadline:
             call = self._new_call(fields)
             self.counters["attempts"] += 1
-            answer = await self._attempt(target, call, config.client_attempt_timeout_ms / 1000,
+            # Each silent attempt doubles the patience of the next (up to 16x): a dead
+            # leader is left after one, but a leader slowed by load is not answered
+            # with a storm of retries through the other voters, which slows it more.
+            silence_s = config.client_attempt_timeout_ms / 1000 * 2 ** min(silent, 4)
+            answer = await self._attempt(target, call, silence_s,
                                          max(0.0, deadline - time.monotonic()))
             if answer is None:
+                silent += 1
                 self.counters["attempt_timeouts"] += 1
                 last_problem = f"{_show(target)} did not answer"
                 self._leader = None
