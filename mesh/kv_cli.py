@@ -297,7 +297,7 @@ async def _connect(cluster: Path, timeout_s: float) -> AsyncIterator[tuple[KVCli
         update={"client_timeout_ms": max(1, round(timeout_s * 1000))})
     client = KVClient(node, config, lambda: addresses)
     async with node.running(), anyio.create_task_group() as tg:
-        tg.start_soon(client.run_sender)
+        tg.start_soon(client.run)
         try:
             yield client, default_lock_owner(node.node_id)
         finally:

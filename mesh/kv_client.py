@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,15 @@ class KVInvalid(KVError):
 _Calls = list[KVCall]  # ``list`` alone would name the method ``KVClient.list`` in the class
 
 
+@dataclass(slots=True)
+class _Attempt:
+    resolve: Callable[[KVAnswer | None], None]
+    target: object
+    silence_s: float
+    give_up_at: float
+    check_at: float
+
+
 class _Local:
     def __repr__(self) -> str:
         return "LOCAL"
@@ -116,6 +126,7 @@ class KVClient:
         self._send_wanted = anyio.Event()
         self._leader: Target | None = None
         self._heard: dict[object, float] = {}  # target -> when it last answered anything
+        self._attempts: dict[int, _Attempt] = {}  # by call id, for the watchdog
         self.counters = dict.fromkeys(
             ("calls", "attempts", "redirects", "retries_unavailable", "attempt_timeouts",
              "answers_unmatched", "envelopes_sent"), 0)
@@ -133,7 +144,7 @@ class KVClient:
         node = open_client(cluster)
         client = cls(node, node.config.raft, listing.addresses)
         async with node.running(), anyio.create_task_group() as tg:
-            tg.start_soon(client.run_sender)
+            tg.start_soon(client.run)
             try:
                 yield client
             finally:
@@ -294,31 +305,18 @@ class KVClient:
     async def _attempt(
         self, target: Target, call: KVCall, silence_s: float, timeout_s: float
     ) -> KVAnswer | None:
-        # A bare future and a timer: a cancel scope and an event per call would cost
-        # more than the rest of the client's work for a write.
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[KVAnswer | None] = loop.create_future()
+        # A bare future, watched by one watchdog for all calls: a cancel scope, an
+        # event or even a timer per call would cost more than the rest of a write.
+        future: asyncio.Future[KVAnswer | None] = asyncio.get_running_loop().create_future()
 
         def resolve(answer: KVAnswer | None) -> None:
             if not future.done():
                 future.set_result(answer)
 
-        # Give up on the target only after it has been silent for a whole attempt
-        # timeout: a busy leader still answers other calls, and resending to it would
-        # only add work; a dead or cut-off one goes quiet.
-        heard_key: object = target
-        give_up_at = time.monotonic() + timeout_s
-        timers: list[asyncio.TimerHandle] = []
-
-        def check() -> None:
-            now = time.monotonic()
-            heard = now if heard_key is LOCAL else self._heard.get(heard_key, 0.0)
-            if now >= give_up_at or now - heard >= silence_s:
-                resolve(None)
-            else:
-                timers.append(loop.call_later(silence_s, check))
-
-        timers.append(loop.call_later(min(silence_s, timeout_s), check))
+        now = time.monotonic()
+        self._attempts[call.call_id] = _Attempt(
+            resolve, target, silence_s, now + timeout_s, now + min(silence_s, timeout_s)
+        )
         if isinstance(target, _Local):
             assert self._local is not None
             self._local.submit(call, resolve)
@@ -335,11 +333,35 @@ class KVClient:
         try:
             return await future
         finally:
-            timers[-1].cancel()
+            del self._attempts[call.call_id]
             self._waiting.pop(call.call_id, None)
 
-    async def run_sender(self) -> None:
-        """Send queued calls, many per envelope, until cancelled (started by the node)."""
+    async def run(self) -> None:
+        """Send queued calls and watch for silent voters until cancelled (the node, or
+        ``connect``, starts it)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run_sender)
+            tg.start_soon(self._run_watchdog)
+
+    async def _run_watchdog(self) -> None:
+        # Give up on a target only after it has been silent for a whole attempt timeout:
+        # a busy leader still answers other calls, and resending to it would only add
+        # work; a dead or cut-off one goes quiet.
+        period_s = max(0.005, self._config.client_attempt_timeout_ms / 1000 / 8)
+        while True:
+            await anyio.sleep(period_s)
+            now = time.monotonic()
+            heard_of = self._heard
+            for attempt in list(self._attempts.values()):
+                if now < attempt.check_at:
+                    continue
+                heard = now if attempt.target is LOCAL else heard_of.get(attempt.target, 0.0)
+                if now >= attempt.give_up_at or now - heard >= attempt.silence_s:
+                    attempt.resolve(None)
+                else:
+                    attempt.check_at = now + attempt.silence_s
+
+    async def _run_sender(self) -> None:
         while True:
             await self._send_wanted.wait()
             self._send_wanted = anyio.Event()

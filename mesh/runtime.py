@@ -303,7 +303,7 @@ class Node:
             self._services.append(service.run)
         others = [v for v in voters if v != self.node_id]
         self._kv = KVClient(self, self.config.raft, lambda: others, local=self.raft)
-        self._services.append(self._kv.run_sender)
+        self._services.append(self._kv.run)
 
     @property
     def kv(self) -> KVClient:

@@ -153,7 +153,7 @@ async def own_client(cluster_dir: Path, name: str) -> AsyncIterator[KVClient]:
     targets()
     client = KVClient(node, node.config.raft, targets)
     async with node.running(), anyio.create_task_group() as tg:
-        tg.start_soon(client.run_sender)
+        tg.start_soon(client.run)
         try:
             yield client
         finally:
