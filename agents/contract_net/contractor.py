@@ -1,0 +1,350 @@
+"""The contract-net contractor core: bids on calls for proposals and runs what it wins.
+
+How this works
+--------------
+A ``cnet.cfp`` is answered at once:
+
+- ``cnet.refuse`` when this node lacks the capability, when its running tasks plus
+  outstanding bids reach ``tasks_running_max`` (or ``offers_max``), when the
+  estimator declines, or when it already runs that task epoch;
+- otherwise ``cnet.propose`` with the estimator's cost, duration and confidence
+  and the current load, (running + outstanding bids) / ``tasks_running_max``.
+  The bid is remembered as an *offer* until the bid window plus
+  ``award_grace_s`` has passed (counted from the latest ``tick``), and counts
+  against the concurrency limit meanwhile, so winning every bid never
+  overcommits the node.
+
+``cnet.accept`` from the manager an offer was made to turns the offer into a
+running task and emits ``StartTask`` for the driver; an accept for an offer
+already forgotten is answered with ``cnet.failure`` so that the manager
+re-auctions. ``cnet.reject`` drops the offer. When the task ends the driver calls
+``task_finished`` (-> ``cnet.inform``) or ``task_failed`` (-> ``cnet.failure``).
+
+Tasks are keyed by (task id, epoch): a task re-awarded at a newer epoch is a new
+task here, and the old epoch's result will be refused by the ledger. Anything
+unexpected from a peer is counted (``COUNTERS``), never raised.
+
+Purity: time comes only from ``tick(now)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from pydantic import BaseModel, ValidationError
+
+from agents.contract_net.events import ContractorEvent, StartTask
+from agents.contract_net.messages import (
+    ACCEPT,
+    CFP,
+    FAILURE,
+    INFORM,
+    PROPOSE,
+    REASON_CHARS_MAX,
+    REFUSE,
+    REJECT,
+    AcceptProposal,
+    CallForProposals,
+    Failure,
+    InformResult,
+    Propose,
+    Refuse,
+    RejectProposal,
+)
+from agents.contract_net.settings import ContractorSettings
+from consensus.core import Incoming, Outgoing
+
+__all__ = [
+    "CONTRACTOR_MESSAGE_KINDS",
+    "COUNTERS",
+    "Contractor",
+    "Estimate",
+    "Estimator",
+    "fixed_estimator",
+]
+
+CONTRACTOR_MESSAGE_KINDS: Mapping[str, type[BaseModel]] = MappingProxyType(
+    {CFP: CallForProposals, ACCEPT: AcceptProposal, REJECT: RejectProposal}
+)
+"""The kinds the contractor consumes."""
+
+COUNTERS: Mapping[str, str] = MappingProxyType(
+    {
+        "cfps_received": "calls for proposals received",
+        "proposals_sent": "bids sent",
+        "refused_capability": "refusals: the capability is not offered here",
+        "refused_busy": "refusals: running tasks plus bids at tasks_running_max or offers_max",
+        "refused_declined": "refusals: the estimator declined the task",
+        "refused_running": "refusals: that task epoch already runs here",
+        "offers_expired": "bids forgotten after their window plus award_grace_s",
+        "accepts_received": "accepts that started a task",
+        "accepts_unknown": "accepts for a bid not (or no longer) held: answered with failure",
+        "accepts_duplicate": "accepts for a task epoch already running",
+        "rejects_received": "rejects that dropped a bid",
+        "rejects_unknown": "rejects for a bid not held",
+        "results_sent": "results sent by task_finished",
+        "failures_sent": "failures sent by task_failed or for unknown accepts",
+        "finishes_unknown": "task_finished/task_failed calls for a task not running",
+        "results_invalid": "task_finished calls whose result would not be a valid payload",
+        "messages_unexpected": "messages of kinds the contractor does not consume",
+    }
+)
+"""Every name in ``Contractor.counters`` with what it counts; all start at zero."""
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a contractor quotes for a task: cost, seconds to run, confidence 0 to 1."""
+
+    cost: float
+    duration_s: float
+    confidence: float = 1.0
+
+
+Estimator = Callable[[CallForProposals], Estimate | None]
+"""Quotes a CFP, or declines it with None. Must be pure and quick (it runs inline)."""
+
+
+def fixed_estimator(estimate: Estimate) -> Estimator:
+    """An estimator quoting ``estimate`` for every task."""
+    return lambda cfp: estimate
+
+
+_TaskKey = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    manager: bytes
+    cfp: CallForProposals
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    manager: bytes
+
+
+class Contractor:
+    """One node's side of the contract net as a bidder; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: bytes,
+        capabilities: Iterable[str],
+        settings: ContractorSettings | None = None,
+        estimator: Estimator | None = None,
+        now: float = 0.0,
+    ) -> None:
+        self._node_id = node_id
+        self._capabilities = frozenset(capabilities)
+        self._settings = settings if settings is not None else ContractorSettings()
+        self._estimator = estimator or fixed_estimator(Estimate(cost=1.0, duration_s=1.0))
+        self._now = now
+        self._offers: dict[_TaskKey, _Offer] = {}
+        self._running: dict[_TaskKey, _Running] = {}
+        self._outbox: list[Outgoing] = []
+        self._events: list[ContractorEvent] = []
+        self._counters = dict.fromkeys(COUNTERS, 0)
+
+    # -- driver interface ----------------------------------------------------------
+
+    @property
+    def message_kinds(self) -> Mapping[str, type[BaseModel]]:
+        """``cnet.cfp``, ``cnet.accept`` and ``cnet.reject``."""
+        return CONTRACTOR_MESSAGE_KINDS
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """Counts of what happened (see ``COUNTERS``), read-only."""
+        return MappingProxyType(self._counters)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """The capabilities this contractor bids for."""
+        return self._capabilities
+
+    def set_capabilities(self, capabilities: Iterable[str]) -> None:
+        """Replace the capabilities (running tasks and bids made are unaffected)."""
+        self._capabilities = frozenset(capabilities)
+
+    @property
+    def running(self) -> list[tuple[str, int]]:
+        """(task id, epoch) of the running tasks, in the order they started."""
+        return list(self._running)
+
+    @property
+    def offers(self) -> int:
+        """Outstanding bids."""
+        return len(self._offers)
+
+    def take_outbox(self) -> list[Outgoing]:
+        """Remove and return the messages produced since the last call, in order."""
+        outbox, self._outbox = self._outbox, []
+        return outbox
+
+    def take_events(self) -> list[ContractorEvent]:
+        """Remove and return the events produced since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def step(self, message: Incoming) -> None:
+        """Feed one received, verified message. Never raises on a schema-valid payload."""
+        payload = message.payload
+        if isinstance(payload, CallForProposals):
+            self._on_cfp(message.sender, payload)
+        elif isinstance(payload, AcceptProposal):
+            self._on_accept(message.sender, payload)
+        elif isinstance(payload, RejectProposal):
+            self._on_reject(message.sender, payload)
+        else:
+            self._counters["messages_unexpected"] += 1
+
+    def tick(self, now: float) -> None:
+        """Advance time; forget bids whose window and grace have passed."""
+        self._now = max(self._now, now)
+        expired = [key for key, offer in self._offers.items() if offer.expires_at <= self._now]
+        for key in expired:
+            del self._offers[key]
+        self._counters["offers_expired"] += len(expired)
+
+    # -- the driver reports --------------------------------------------------------
+
+    def task_finished(
+        self,
+        task_id: str,
+        epoch: int,
+        *,
+        result: bytes | None = None,
+        digest: bytes | None = None,
+        location: str | None = None,
+    ) -> bool:
+        """The task ended with ``result`` (or ``digest`` + ``location``): inform the manager.
+
+        False (counted) if the task is not running, or the result is not a valid
+        payload (too large, both forms given...); the task then stays running so the
+        driver can report again, e.g. with a digest.
+        """
+        running = self._running.get((task_id, epoch))
+        if running is None:
+            self._counters["finishes_unknown"] += 1
+            return False
+        try:
+            inform = InformResult(
+                task_id=task_id, epoch=epoch, result=result, digest=digest, location=location
+            )
+        except ValidationError:
+            self._counters["results_invalid"] += 1
+            return False
+        del self._running[(task_id, epoch)]
+        self._counters["results_sent"] += 1
+        self._outbox.append(Outgoing(INFORM, (inform,), to_node=running.manager))
+        return True
+
+    def task_failed(self, task_id: str, epoch: int, reason: str) -> bool:
+        """The task could not be done: tell the manager. False (counted) if not running."""
+        running = self._running.pop((task_id, epoch), None)
+        if running is None:
+            self._counters["finishes_unknown"] += 1
+            return False
+        self._send_failure(running.manager, task_id, epoch, reason)
+        return True
+
+    # -- internals -----------------------------------------------------------------
+
+    def _on_cfp(self, manager: bytes, cfp: CallForProposals) -> None:
+        self._counters["cfps_received"] += 1
+        key = (cfp.task_id, cfp.epoch)
+        reason = self._refusal(key, cfp)
+        estimate = None
+        if reason is None:
+            estimate = self._estimator(cfp)
+            if estimate is None:
+                self._counters["refused_declined"] += 1
+        if estimate is None:
+            self._refuse(manager, cfp, reason or "declined")
+            return
+        held = len(self._running) + len(self._offers) - (key in self._offers)
+        try:
+            propose = Propose(
+                task_id=cfp.task_id,
+                epoch=cfp.epoch,
+                round=cfp.round,
+                cost=estimate.cost,
+                duration_s=estimate.duration_s,
+                load=held / self._settings.tasks_running_max,
+                confidence=estimate.confidence,
+            )
+        except ValidationError:  # the estimator quoted a negative or infinite number
+            self._counters["refused_declined"] += 1
+            self._refuse(manager, cfp, "bad estimate")
+            return
+        expires_at = self._now + cfp.bid_window_ms / 1000 + self._settings.award_grace_s
+        self._offers[key] = _Offer(manager, cfp, expires_at)
+        self._counters["proposals_sent"] += 1
+        self._outbox.append(Outgoing(PROPOSE, (propose,), to_node=manager))
+
+    def _refusal(self, key: _TaskKey, cfp: CallForProposals) -> str | None:
+        if cfp.capability not in self._capabilities:
+            self._counters["refused_capability"] += 1
+            return f"no capability {cfp.capability}"[:REASON_CHARS_MAX]
+        if key in self._running:
+            self._counters["refused_running"] += 1
+            return "already running"
+        if key in self._offers:
+            return None  # a new round of a call already bid on: bid again in its place
+        held = len(self._running) + len(self._offers)
+        if (
+            held >= self._settings.tasks_running_max
+            or len(self._offers) >= self._settings.offers_max
+        ):
+            self._counters["refused_busy"] += 1
+            return "busy"
+        return None
+
+    def _on_accept(self, manager: bytes, accept: AcceptProposal) -> None:
+        key = (accept.task_id, accept.epoch)
+        if key in self._running:
+            self._counters["accepts_duplicate"] += 1
+            return
+        offer = self._offers.get(key)
+        if offer is None or offer.manager != manager:
+            self._counters["accepts_unknown"] += 1
+            self._send_failure(manager, accept.task_id, accept.epoch, "no bid held for this award")
+            return
+        del self._offers[key]
+        self._running[key] = _Running(manager)
+        self._counters["accepts_received"] += 1
+        cfp = offer.cfp
+        self._events.append(
+            StartTask(
+                task_id=cfp.task_id,
+                epoch=cfp.epoch,
+                manager=manager,
+                lease_id=accept.lease_id,
+                capability=cfp.capability,
+                input_summary=cfp.input_summary,
+                constraints=MappingProxyType(dict(cfp.constraints)),
+            )
+        )
+
+    def _on_reject(self, manager: bytes, reject: RejectProposal) -> None:
+        key = (reject.task_id, reject.epoch)
+        offer = self._offers.get(key)
+        if offer is None or offer.manager != manager:
+            self._counters["rejects_unknown"] += 1
+            return
+        del self._offers[key]
+        self._counters["rejects_received"] += 1
+
+    def _refuse(self, manager: bytes, cfp: CallForProposals, reason: str) -> None:
+        refuse = Refuse(task_id=cfp.task_id, epoch=cfp.epoch, round=cfp.round, reason=reason)
+        self._outbox.append(Outgoing(REFUSE, (refuse,), to_node=manager))
+
+    def _send_failure(self, manager: bytes, task_id: str, epoch: int, reason: str) -> None:
+        failure = Failure(task_id=task_id, epoch=epoch, reason=str(reason)[:REASON_CHARS_MAX])
+        self._counters["failures_sent"] += 1
+        self._outbox.append(Outgoing(FAILURE, (failure,), to_node=manager))
