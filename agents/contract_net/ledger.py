@@ -264,7 +264,7 @@ class RefusalReason(enum.Enum):
     STALE_EPOCH = "stale_epoch"
     """The epoch named is older than the record's (fencing)."""
     FUTURE_EPOCH = "future_epoch"
-    """The epoch named is newer than the record's (the caller read a future?)."""
+    """The epoch named is newer than the record's (a caller bug: epochs come from the ledger)."""
     WRONG_STATE = "wrong_state"
     """The task is not in a state this transition starts from."""
     NOT_CONTRACTOR = "not_contractor"

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ACCEPT",
+    "BID_WINDOW_MS_MAX",
     "CAPABILITY_CHARS_MAX",
     "CFP",
     "CONSTRAINTS_MAX",
@@ -42,6 +43,7 @@ __all__ = [
     "CONSTRAINT_TEXT_CHARS_MAX",
     "DIGEST_BYTES_MAX",
     "EPOCH_MAX",
+    "ESTIMATE_MAX",
     "FAILURE",
     "INFORM",
     "INPUT_SUMMARY_CHARS_MAX",
