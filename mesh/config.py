@@ -432,6 +432,12 @@ class RaftConfig(_Section):
         "all of them); a full batch leaves at once, so the voter works on it while the "
         "client makes the next. Larger costs fewer signatures, smaller overlaps more.",
     )
+    client_sessions_max: int = Field(
+        256,
+        ge=1,
+        description="Store sessions one client opens at most (each takes a window of "
+        "concurrent writes, kv_session_window); further writes wait for room.",
+    )
     kv_keys_max: int = Field(100_000, ge=1, description="Keys the replicated store holds.")
     kv_value_bytes_max: int = Field(
         256 * 1024, ge=1, description="Largest value in the replicated store."
@@ -441,6 +447,14 @@ class RaftConfig(_Section):
         ge=1,
         description="Client sessions remembered for exactly-once retries; the least "
         "recently used beyond it is dropped and its client must start a new session.",
+    )
+    kv_session_window: int = Field(
+        32,
+        ge=1,
+        description="Responses remembered per client session, so a retried write is "
+        "answered rather than applied twice. A client keeps each session's writes in "
+        "flight within this many sequence numbers and opens more sessions for more "
+        "concurrent writes. Memory: up to kv_sessions_max times this many responses.",
     )
 
     def raft_settings(self) -> RaftSettings:
@@ -462,6 +476,7 @@ class RaftConfig(_Section):
             keys_max=self.kv_keys_max,
             value_bytes_max=self.kv_value_bytes_max,
             sessions_max=self.kv_sessions_max,
+            session_window=self.kv_session_window,
         )
 
     def voter_ids(self) -> list[bytes]:

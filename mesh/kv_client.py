@@ -30,9 +30,10 @@ import itertools
 import math
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,43 @@ _Calls = list[KVCall]  # ``list`` alone would name the method ``KVClient.list`` 
 
 
 @dataclass(slots=True)
+class _Session:
+    """One client session of the store: its id, next sequence number, writes in flight.
+
+    The store remembers a session's last ``kv_session_window`` responses; a retried
+    write older than those is refused as ``stale_request`` (its fate unknown). So a
+    session takes a new write only while all its writes in flight stay within one
+    window of sequence numbers, and, because a session is created by its seq 1,
+    takes a second write only once its first has been answered.
+    """
+
+    client_id: str
+    next_seq: int = 1
+    started: bool = False
+    in_flight: set[int] = field(default_factory=set)
+    # Sequence numbers in the order they were taken; those no longer in flight are
+    # dropped from the front lazily, so the oldest in flight costs O(1) amortized.
+    _order: deque[int] = field(default_factory=deque)
+
+    def take(self) -> int:
+        """The next sequence number, now in flight."""
+        seq = self.next_seq
+        self.next_seq += 1
+        self.in_flight.add(seq)
+        self._order.append(seq)
+        return seq
+
+    def may_take(self, window: int) -> bool:
+        """Whether one more write keeps this session's writes in flight in one window."""
+        if not self.started:
+            return not self.in_flight
+        order = self._order
+        while order and order[0] not in self.in_flight:
+            order.popleft()
+        return not order or self.next_seq - order[0] < window
+
+
+@dataclass(slots=True)
 class _Attempt:
     resolve: Callable[[KVAnswer | None], None]
     target: object
@@ -119,7 +157,11 @@ class KVClient:
         self._local = local
         #: This client's session in the store: unique to this client for its life.
         self.client_id = client_id or f"{node.node_id.hex()}/{os.getpid()}/{time.time_ns()}"
-        self._seq = 0
+        # Sessions in the store: more than one when more writes are in flight than a
+        # session's window of remembered responses covers.
+        self._sessions: list[_Session] = []
+        self._session_freed = anyio.Event()
+        self._freed_session: _Session | None = None
         self._call_ids = itertools.count(1)
         self._waiting: dict[int, Callable[[KVAnswer | None], None]] = {}
         self._outgoing: dict[str | bytes, list[KVCall]] = {}
@@ -222,10 +264,42 @@ class KVClient:
         if len(data) > self._config.max_bytes_per_append:
             raise KVInvalid(f"the request takes {len(data)} bytes, above "
                             f"raft.max_bytes_per_append ({self._config.max_bytes_per_append})")
-        self._seq += 1
-        answer = await self._call(command=data, seq=self._seq)
+        session = await self._session_for_write()
+        seq = session.take()
+        try:
+            answer = await self._call(command=data, seq=seq, client_id=session.client_id)
+            session.started = True
+        finally:
+            session.in_flight.discard(seq)
+            self._freed_session = session
+            self._session_freed.set()
         assert answer.response is not None, answer
         return decode_response(answer.response)
+
+    async def _session_for_write(self) -> _Session:
+        """A session that may take one more write now (see ``_Session``)."""
+        window = self._config.kv_session_window
+        while True:
+            # The session that just finished a write most likely has room: try it first.
+            freed = self._freed_session
+            if freed is not None and freed.may_take(window):
+                return freed
+            if self._sessions and self._sessions[-1].may_take(window):
+                return self._sessions[-1]
+            for session in self._sessions:
+                if session.may_take(window):
+                    return session
+            # A new session only when every session is open and full: one still
+            # waiting for its first answer will soon take a window's worth.
+            if len(self._sessions) < self._config.client_sessions_max and all(
+                session.started for session in self._sessions
+            ):
+                session = _Session(f"{self.client_id}/{len(self._sessions)}")
+                self._sessions.append(session)
+                return session
+            if self._session_freed.is_set():
+                self._session_freed = anyio.Event()
+            await self._session_freed.wait()
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -288,7 +362,7 @@ class KVClient:
             return KVCall(call_id=call_id, client_id=self.client_id, **fields)
         # Writes are the hot path, and their fields are ours and checked (``write``).
         return trusted(KVCall, {
-            "call_id": call_id, "client_id": self.client_id, "seq": fields["seq"],
+            "call_id": call_id, "client_id": fields["client_id"], "seq": fields["seq"],
             "command": fields["command"], "read": None, "key": "", "limit": 1000,
             "start_after": None,
         })

@@ -1,0 +1,77 @@
+"""KVClient sessions: many writes in flight from one client, each applied once and answered."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from conftest import LocalCluster
+from consensus.kvstore import ErrorCode
+from mesh.identity import read_private_key
+from mesh.kv_client import KVClient, _Session
+from mesh.layout import NODE_KEY
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_a_new_session_takes_one_write_until_it_is_answered() -> None:
+    session = _Session("c/0")
+    assert session.may_take(32)
+    assert session.take() == 1
+    assert not session.may_take(32)  # seq 2 could overtake seq 1, which opens the session
+    session.in_flight.discard(1)
+    session.started = True
+    assert session.may_take(32)
+
+
+def test_a_session_keeps_its_writes_in_flight_within_one_window() -> None:
+    session = _Session("c/0", next_seq=10, started=True)
+    assert [session.take() for _ in range(3)] == [10, 11, 12]
+    assert session.may_take(4)  # 10..13 spans 4 numbers
+    session.take()
+    assert not session.may_take(4)  # 14 would be 5 past the oldest in flight, 10
+    session.in_flight.discard(11)
+    assert not session.may_take(4)  # 10 is still out
+    session.in_flight.discard(10)
+    assert session.may_take(4)
+
+
+def _single_voter(cluster: LocalCluster) -> None:
+    node_dir = cluster.make_node_dir("voter")
+    voter = read_private_key(node_dir / NODE_KEY).node_id_hex
+    (node_dir / "node.toml").write_text(f'name = "voter"\n[raft]\nvoters = ["{voter}"]\n')
+    cluster.start("voter")
+
+
+def test_hundreds_of_concurrent_writes_from_one_client_are_all_applied_once(
+    local_cluster: LocalCluster,
+) -> None:
+    _single_voter(local_cluster)
+    writes = 500
+
+    async def scenario(directory: Path) -> None:
+        async with KVClient.connect(directory) as kv:
+            responses = []
+
+            async def put(i: int) -> None:
+                responses.append(await kv.put(f"k/{i % 50}", f"value {i}"))
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for i in range(writes):
+                        tg.start_soon(put, i)
+            refusals = [r.error for r in responses if r.error is not None]
+            assert refusals == [], refusals[:5]
+            # Each key was written ten times: versions 1..10, each exactly once.
+            versions = sorted(r.version for r in responses)
+            assert versions == sorted(list(range(1, 11)) * 50)
+            assert kv.counters["calls"] == writes
+            # One session's window (32 by default) could not hold 500 writes at once.
+            assert len(kv._sessions) > 1
+            item = await kv.get("k/0")
+            assert item is not None and item.version == 10
+            assert ErrorCode.STALE_REQUEST not in refusals
+
+    anyio.run(scenario, local_cluster.directory)
