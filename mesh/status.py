@@ -75,13 +75,13 @@ async def _ask_one(
 
 def format_status_table(status: dict[str, Any]) -> str:
     """A fixed-width table of a ``gather_status`` result."""
-    header = ("NAME", "NODE_ID", "LISTEN", "UP", "ALIVE", "SUSPECT", "DEAD", "RECEIVED",
+    header = ("NAME", "NODE_ID", "LISTEN", "UP", "ALIVE", "SUSPECT", "DEAD", "RAFT", "RECEIVED",
               "SENT", "REJECTED")
     rows = [header]
     for node in status["nodes"]:
         if not node.get("reachable"):
             rows.append((node["name"], node["node_id"][:12], str(node["listen"]), "no",
-                         "-", "-", "-", "-", "-", "-"))
+                         "-", "-", "-", "-", "-", "-", "-"))
             continue
         states = [p["state"] for p in node.get("peers", [])]
         counters = node.get("counters", {})
@@ -93,6 +93,7 @@ def format_status_table(status: dict[str, Any]) -> str:
             str(states.count("alive")),
             str(states.count("suspect")),
             str(states.count("dead")),
+            _raft_cell(node.get("raft")),
             str(counters.get("received", 0)),
             str(counters.get("sent", 0)),
             str(sum(counters.get("rejected", {}).values())),
@@ -104,3 +105,12 @@ def format_status_table(status: dict[str, Any]) -> str:
     for node in unreachable:
         lines.append(f"{node['name']}: unreachable: {node.get('error', '')}")
     return "\n".join(lines)
+
+
+def _raft_cell(raft: dict[str, Any] | None) -> str:
+    """A node's Raft role and term (``-`` when the cluster has no voters)."""
+    if not raft:
+        return "-"
+    if raft.get("term") is None:
+        return str(raft.get("role", "-"))
+    return f"{raft['role']}@{raft['term']}"
