@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sim.scenario import Scenario
+from sim.scenarios.auction import AuctionScenario
 from sim.scenarios.gossip import GossipScenario
 from sim.scenarios.membership import MembershipScenario
 from sim.scenarios.raft import RaftScenario
@@ -15,6 +16,7 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "membership": MembershipScenario,
     "gossip": GossipScenario,
     "raft": RaftScenario,
+    "auction": AuctionScenario,
 }
 
 
