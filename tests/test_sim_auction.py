@@ -8,21 +8,31 @@ seed that ever failed joins its list here and stays.
 
 from __future__ import annotations
 
+import itertools
+import math
+from random import Random
+
 import pytest
 
 from agents.contract_net.ledger import TaskRecord, TaskState
 from agents.contract_net.messages import INFORM, InformResult
 from sim.nemesis import FaultKind
 from sim.scenario import RunOptions, RunResult
-from sim.scenarios.auction import CAPABILITIES, AuctionRun, AuctionScenario, LedgerWrite
+from sim.scenarios.auction import (
+    CAPABILITIES,
+    AuctionRun,
+    AuctionScenario,
+    LedgerWrite,
+    min_cost_assignment,
+)
 
 ALL_FAULTS = frozenset(FaultKind)
 NODE_FAULTS = frozenset({FaultKind.CRASH, FaultKind.PARTITION, FaultKind.PAUSE})
 
 QUIET_SEEDS = [1, 2, 3]
-FIVE_NODE_FAULT_SEEDS = [1, 2, 3, 4, 5, 6, 7, 8]
-TEN_NODE_FAULT_SEEDS = [1, 2, 3, 4]
-THREE_NODE_FAULT_SEEDS = [1, 2, 3]
+FIVE_NODE_FAULT_SEEDS = list(range(1, 17))
+TEN_NODE_FAULT_SEEDS = list(range(1, 9))
+THREE_NODE_FAULT_SEEDS = list(range(1, 7))
 
 
 def run(seed: int, nodes: int, duration: float, *, faults: frozenset[FaultKind] = frozenset(),
@@ -237,3 +247,36 @@ def test_checkers_flag_bad_ledger_histories() -> None:
     assert checkers == {"auction.concurrent_awards", "auction.double_award",
                         "auction.epoch_regressed",
                         "auction.lost_write", "auction.result_epoch"}
+
+
+# -- allocation cost against the optimum --------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_min_cost_assignment_matches_brute_force(seed: int) -> None:
+    rng = Random(seed)
+    rows = rng.randint(0, 5)
+    columns = rng.randint(max(rows, 1), 7)
+    costs = [[1e12 if rng.random() < 0.2 else round(rng.uniform(0, 10), 3)
+              for _ in range(columns)] for _ in range(rows)]
+    best = min((sum(costs[i][p[i]] for i in range(rows))
+                for p in itertools.permutations(range(columns), rows)), default=0.0)
+    assert min_cost_assignment(costs) == pytest.approx(best)
+
+
+def test_more_rows_than_columns_is_refused() -> None:
+    with pytest.raises(ValueError, match="2 rows"):
+        min_cost_assignment([[1.0], [2.0]])
+
+
+def test_allocation_cost_is_measured_against_the_optimum() -> None:
+    result = run(1, 10, 10)
+    actual, optimal = result.metrics["allocation_cost"], result.metrics["allocation_cost_optimal"]
+    assert 0 < optimal <= actual
+    assert result.metrics["allocation_cost_ratio"] == pytest.approx(actual / optimal)
+    # One node: every task goes to its only contractor, which is the optimum.
+    assert run(1, 1, 10).metrics["allocation_cost_ratio"] == 1.0
+
+
+def test_allocation_batch_is_skipped_for_large_clusters() -> None:
+    assert all(math.isnan(x) for x in AuctionScenario().allocation_batch(1, 51))

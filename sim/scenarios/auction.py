@@ -54,7 +54,14 @@ epoch at most once; a task's epoch never decreases.
 Metrics: ``tasks``, ``done``, ``failed``, ``reauctions`` (auctions at an epoch
 above 1), ``takeovers``, ``stale_results_refused``, ``auction_latency_s_p50``
 and ``_p99`` (call for proposals to the committed award), ``converge_s``.
-Allocation cost against an optimal assignment is not measured (yet).
+``allocation_cost_ratio``: in a separate quiet world of the same seed (up to
+``ALLOCATION_NODES_MAX`` nodes), a batch of up to ``allocation_batch_tasks``
+tasks is submitted at once; the sum of the winners' quoted costs is divided by
+the exact minimum-cost assignment of the batch to contractor slots (each
+contractor offering ``tasks_running_max`` slots; ``min_cost_assignment``, the
+Hungarian method). The auction's default score also weighs duration, load and
+confidence, so a ratio above 1 is expected; it can dip below 1 when a task
+waits out a busy round and then wins a slot freed meanwhile.
 """
 
 from __future__ import annotations
@@ -105,7 +112,17 @@ from sim.rng import Streams
 from sim.scenario import RunOptions, RunResult, build_nemesis, heal_everything, percentile
 from sim.world import Violation, World
 
-__all__ = ["CAPABILITIES", "SETTLE_ATTEMPTS", "AuctionHost", "AuctionScenario", "SharedLedger"]
+__all__ = [
+    "ALLOCATION_NODES_MAX",
+    "CAPABILITIES",
+    "SETTLE_ATTEMPTS",
+    "AuctionHost",
+    "AuctionRun",
+    "AuctionScenario",
+    "LedgerWrite",
+    "SharedLedger",
+    "min_cost_assignment",
+]
 
 CAPABILITIES = ("demo.wordcount", "demo.sum", "demo.sleep")
 """What the simulated contractors can do; node ``i`` always offers ``CAPABILITIES[i % 3]``."""
@@ -116,6 +133,9 @@ ALIVE_PREFIX = "alive/"
 _CANDIDATES_MAX = 16
 _DURATION_MAX_S = 3.0
 _DURATION_SPREAD = 0.2
+ALLOCATION_NODES_MAX = 50
+"""Largest cluster for which the allocation batch (module doc) is run."""
+_INFEASIBLE = 1e12
 _WORDS = ("alpha", "beta", "gamma", "delta", "mesh", "agent", "raft", "gossip")
 
 
@@ -564,6 +584,7 @@ class AuctionHost:
             if now >= run.finish_at:
                 del self._runs[(task_id, epoch)]
                 self.obs.stopped(self.index, self.context.restarts, task_id, epoch)
+                # The contractor fetches the input from the ledger (the CFP has a summary).
                 reachable = self.ledger.reachable(self.index)
                 read = self.ledger.read(task_id) if reachable else None
                 data = read[0].input if read is not None else b""
@@ -659,6 +680,7 @@ class AuctionScenario:
         host_settings: HostSettings | None = None,
         manager_settings: ManagerSettings | None = None,
         award_grace_s: float = 1.0,
+        allocation_batch_tasks: int = 8,
     ) -> None:
         if tasks_per_node < 0 or voters < 1:
             raise ValueError(f"tasks_per_node ({tasks_per_node}) must be >= 0 and voters "
@@ -670,6 +692,7 @@ class AuctionScenario:
         self.manager_settings = manager_settings or ManagerSettings(
             bid_window_s=0.5, no_bid_backoff_s=0.5, no_bid_rounds_max=3)
         self.award_grace_s = award_grace_s
+        self.allocation_batch_tasks = allocation_batch_tasks
 
     def attempt_bound_s(self) -> float:
         """The longest one attempt may take once the cluster is whole (module doc)."""
@@ -721,7 +744,115 @@ class AuctionScenario:
         """Run one seed; see the module docstring for what is checked."""
         run = self.build(options)
         run.start_clients(self.tasks_per_node * options.nodes)
-        return run.finish()
+        result = run.finish()
+        actual, optimal = self.allocation_batch(options.seed, options.nodes)
+        result.metrics["allocation_cost"] = actual
+        result.metrics["allocation_cost_optimal"] = optimal
+        result.metrics["allocation_cost_ratio"] = (
+            actual / optimal if optimal > 0 and not math.isnan(actual) else math.nan)
+        return result
+
+    def allocation_batch(self, seed: int, nodes: int) -> tuple[float, float]:
+        """(winners' quoted cost, optimal cost) of one batch in a quiet world (module doc).
+
+        NaN, NaN when the cluster is above ``ALLOCATION_NODES_MAX`` or the batch is
+        empty or does not finish.
+        """
+        if nodes > ALLOCATION_NODES_MAX or self.allocation_batch_tasks < 1:
+            return math.nan, math.nan
+        scenario = AuctionScenario(tasks_per_node=0, voters=self.voters,
+                                   tick_interval_s=self.tick_interval_s,
+                                   host_settings=self.host_settings,
+                                   manager_settings=self.manager_settings,
+                                   award_grace_s=self.award_grace_s, allocation_batch_tasks=0)
+        built = scenario.build(RunOptions(seed=seed, nodes=nodes, duration_s=1.0))
+        profiles = built.profiles
+        slots = [(i, c) for i, p in enumerate(profiles) for c in range(p.tasks_running_max)]
+        rng = built.world.streams.stream("allocation")
+        batch: list[str] = []
+        for _ in range(4 * self.allocation_batch_tasks):
+            if len(batch) == self.allocation_batch_tasks:
+                break
+            capability = CAPABILITIES[rng.randrange(len(CAPABILITIES))]
+            trial = [*batch, capability]
+            if len(trial) <= len(slots) and min_cost_assignment(
+                _cost_matrix(trial, slots, profiles)) < _INFEASIBLE:
+                batch = trial
+        if not batch:
+            return math.nan, math.nan
+        world = built.world
+        world.advance(1.0)
+        for number, capability in enumerate(batch):
+            built.submit(0, f"b{number}", capability, b"1 2 3")
+        if not world.run_until(lambda: not built.ledger.unfinished,
+                               1.0 + self.settle_bound_s(), check_every_s=0.5):
+            return math.nan, math.nan
+        winners: dict[str, bytes] = {}
+        for write in built.ledger.writes:
+            if write.after.state is TaskState.AWARDED and write.after.contractor is not None:
+                winners[write.after.task_id] = write.after.contractor
+        actual = 0.0
+        for number, capability in enumerate(batch):
+            winner = winners.get(f"b{number}")
+            if winner is None:
+                return math.nan, math.nan
+            actual += profiles[world.node(winner).index].quotes[capability][0]
+        return actual, min_cost_assignment(_cost_matrix(batch, slots, profiles))
+
+
+def _cost_matrix(batch: list[str], slots: list[tuple[int, int]],
+                 profiles: list[Profile]) -> list[list[float]]:
+    return [[profiles[node].quotes[capability][0]
+             if capability in profiles[node].capabilities else _INFEASIBLE
+             for node, _ in slots] for capability in batch]
+
+
+def min_cost_assignment(costs: list[list[float]]) -> float:
+    """The exact minimum total cost of giving each row its own column (rows <= columns).
+
+    The Hungarian method with potentials, O(rows^2 * columns). Forbid a pairing
+    with a very large cost; an empty matrix costs 0.
+    """
+    n = len(costs)
+    if n == 0:
+        return 0.0
+    m = len(costs[0])
+    if n > m:
+        raise ValueError(f"{n} rows cannot each get their own of {m} columns")
+    u = [0.0] * (n + 1)
+    v = [0.0] * (m + 1)
+    owner = [0] * (m + 1)  # column -> row (1-based), 0: free
+    way = [0] * (m + 1)
+    for row in range(1, n + 1):
+        owner[0] = row
+        column = 0
+        least = [math.inf] * (m + 1)
+        used = [False] * (m + 1)
+        while True:
+            used[column] = True
+            current_row = owner[column]
+            delta, next_column = math.inf, 0
+            for j in range(1, m + 1):
+                if not used[j]:
+                    reduced = costs[current_row - 1][j - 1] - u[current_row] - v[j]
+                    if reduced < least[j]:
+                        least[j], way[j] = reduced, column
+                    if least[j] < delta:
+                        delta, next_column = least[j], j
+            for j in range(m + 1):
+                if used[j]:
+                    u[owner[j]] += delta
+                    v[j] -= delta
+                else:
+                    least[j] -= delta
+            column = next_column
+            if owner[column] == 0:
+                break
+        while column:
+            previous = way[column]
+            owner[column] = owner[previous]
+            column = previous
+    return sum(costs[owner[j] - 1][j - 1] for j in range(1, m + 1) if owner[j])
 
 
 @dataclass(slots=True)
