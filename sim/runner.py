@@ -21,7 +21,8 @@ __all__ = ["SweepResult", "parse_faults", "parse_seed_range", "replay_command", 
 
 #: Metrics that add up across seeds; the others (bounds, times) take the worst seed.
 _SUMMED = {"false_deaths", "false_suspicions", "writes", "spread_samples",
-           "detection_samples", "client_ops_ok", "client_ops_unknown", "elections"}
+           "detection_samples", "client_ops_ok", "client_ops_unknown", "elections",
+           "tasks", "done", "failed", "reauctions", "takeovers", "stale_results_refused"}
 
 
 @dataclass(slots=True)
