@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +161,7 @@ class Node:
         self._members_dirty = False
         self._certificates_sent: dict[bytes, int] = {}  # insertion order: oldest first
         self._services: list[Callable[[], Any]] = []
+        self._run_started = False
         #: This node's Raft voter, if it is one (``config.raft.voters``).
         self.raft: RaftService | None = None
         self._kv: KVClient | None = None
@@ -223,10 +224,22 @@ class Node:
         if after_flush is not None:
             self._after_flush[id(core)] = after_flush
 
+    def add_service(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Start ``fn()`` as a long-running task with the node, in its task group.
+
+        Call before ``run``; the task is cancelled when the node stops. An exception
+        out of ``fn`` stops the node like any of its own loops, so a service should
+        catch and count its own errors. ``MeshError`` if the node already runs.
+        """
+        if self._run_started:
+            raise MeshError("add_service: the node is already running")
+        self._services.append(fn)
+
     # -- running -----------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[str | None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Bind, start every loop, report the address via ``task_status``; run until cancelled."""
+        self._run_started = True
         if self.listens:
             bound = self.transport.bind(self.config.listen)
             self.address = self.config.advertise or bound
