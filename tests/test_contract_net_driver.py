@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from agents.agent import Agent
-from agents.contract_net.ledger import TaskState
+from agents.contract_net.ledger import TaskState, decode_record
 from agents.contract_net.settings import ManagerSettings
 from agents.demo import SleepAgent, SumAgent, WordCountAgent
 from agents.driver import (
@@ -139,3 +139,25 @@ async def test_an_open_task_written_to_the_ledger_is_taken_over_and_done(
         assert done.state is TaskState.DONE
         assert decode_json(done.result) == {"sum": 9}
         assert sum(d.counters["takeovers"] for d in m.drivers) >= 1
+
+
+async def test_a_task_whose_contractor_stops_mid_run_completes_on_another_node(
+    tmp_path: Path,
+) -> None:
+    async with mesh(tmp_path, [[SleepAgent()], [SleepAgent()], [SumAgent()]]) as m:
+        manager = m.drivers[2]
+        task = await manager.submit("demo.sleep", {"seconds": 2})
+        record = None
+        with anyio.fail_after(20):
+            while record is None or record.state is not TaskState.AWARDED:
+                item = await m.nodes[2].kv.get(f"task/{task}")
+                record = None if item is None else decode_record(item.value)
+                await anyio.sleep(0.05)
+        first = [n.node_id for n in m.nodes].index(record.contractor)
+        assert first in (0, 1)
+        m.stop(first)
+        done = await manager.wait(task, 60)
+        assert done.state is TaskState.DONE, done
+        assert done.contractor == m.nodes[1 - first].node_id
+        assert done.epoch >= 2 and done.attempts >= 1
+        assert decode_json(done.result) == {"slept": 2}
