@@ -12,6 +12,11 @@ manages, by compare-and-set on ``owner/<id>``, and then auctions it. So a task
 submitted while no node runs a driver stays open until one does. ``--wait``
 polls the ledger until the task is done, failed or cancelled.
 
+``agentmesh up --agents SPEC`` (and ``node run --agents SPEC``) host agents on
+every node: ``node_hook``, the ``agentmesh.node_hooks`` entry point, builds an
+``AgentHost`` from the spec (``demo``, ``pkg.mod:factory``) and installs a
+``ContractNetDriver`` before the node starts (when Raft voters are configured).
+
 Output (``--json``: one JSON object per task)::
 
     {"task_id", "capability", "state", "epoch", "attempts", "contractor",
@@ -30,8 +35,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +45,36 @@ import anyio
 
 from agents.contract_net import ledger
 from agents.contract_net.ledger import KEY_PREFIX, LedgerError, TaskRecord, TaskState
-from agents.driver import decode_json, submit_open_task
+from agents.demo import parse_agents_spec
+from agents.driver import ContractNetDriver, decode_json, submit_open_task
+from agents.host import AgentHost
 from mesh.errors import MeshError
 from mesh.kv_client import KVClient, KVUnavailable
 
-__all__ = ["record_view", "register", "run_task_command"]
+__all__ = ["node_hook", "record_view", "register", "run_task_command"]
+
+log = logging.getLogger(__name__)
+
+
+def node_hook(node: Any, options: Mapping[str, Any]) -> ContractNetDriver | None:
+    """The ``agentmesh.node_hooks`` entry point: with ``--agents SPEC``, host those
+    agents on ``node`` (adverts in gossip) and run the contract-net driver (which
+    needs the replicated store: with no Raft voters configured, the agents are
+    advertised but no driver runs). ``ConfigError`` for a bad spec."""
+    spec = options.get("agents")
+    if not spec:
+        return None
+    host = AgentHost(node, parse_agents_spec(spec))
+    if not node.config.raft.voter_ids():
+        log.warning("--agents %s: no Raft voters configured, so no contract net runs "
+                    "(the agents are advertised only)", spec)
+        node.add_service(host.run)
+        return None
+    driver = ContractNetDriver(node, host)
+    driver.install()
+    log.info("hosting agents %s (%s) with the contract-net driver",
+             [a.name for a in host.agents], ", ".join(host.capabilities))
+    return driver
 
 EXIT_OK = 0
 EXIT_FAILED = 1

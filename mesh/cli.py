@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     node_run.add_argument("--seed", action="append", default=None,
                           help="seed address, repeatable (overrides node.toml)")
     node_run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    node_run.add_argument("--agents", help="agents to host, e.g. 'demo' or 'pkg.mod:factory' "
+                          "(comma-separated; handled by the agents layer's node hook)")
     node_run.set_defaults(handler=_node_run)
 
     up = commands.add_parser("up", help="run a local cluster of node processes")
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--voters", type=int,
                     help="Raft voters among the nodes: 3 or 5 (default: 3, or every node "
                          "if fewer; 0: no replicated store)")
+    up.add_argument("--agents", help="agents every node hosts (see node run --agents)")
     up.set_defaults(handler=_up)
 
     status = commands.add_parser("status", help="ask every node of a cluster for its status")
@@ -128,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS_ENTRY_POINT_GROUP = "agentmesh.commands"
+NODE_HOOKS_ENTRY_POINT_GROUP = "agentmesh.node_hooks"
+"""Functions ``hook(node, options)`` called by ``node run`` before the node starts, so
+that the layers above mesh can add cores and services (``Node.add_service``).
+``options`` holds the command's layer options (``agents``: the ``--agents`` value
+or None)."""
 PROFILE_DIR_ENV = "AGENTMESH_PROFILE_DIR"
 """When set, ``node run`` profiles the node and writes NAME.prof there at exit."""
 
@@ -142,6 +150,13 @@ def _register_extensions(commands: Any) -> None:
     for entry_point in sorted(entry_points(group=COMMANDS_ENTRY_POINT_GROUP),
                               key=lambda e: e.name):
         entry_point.load()(commands)
+
+
+def _run_node_hooks(node: Node, options: dict[str, Any]) -> None:
+    """Call every ``agentmesh.node_hooks`` entry point on ``node`` (by name order)."""
+    for entry_point in sorted(entry_points(group=NODE_HOOKS_ENTRY_POINT_GROUP),
+                              key=lambda e: e.name):
+        entry_point.load()(node, options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,6 +232,7 @@ def _node_run(args: argparse.Namespace) -> int:
         authority_public_key=files.authority_public_key,
         node_dir=args.dir,
     )
+    _run_node_hooks(node, {"agents": args.agents})
     # `kill -USR1 PID` writes every thread's stack to the node's stderr (its log):
     # what an operator needs to see where a stuck node is.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -245,7 +261,7 @@ async def _run_until_signal(node: Node) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     launcher = ClusterLauncher(args.dir, args.nodes, base_port=args.base_port,
-                               voters=args.voters)
+                               voters=args.voters, agents=args.agents)
     return launcher.run(duration_s=args.duration)
 
 

@@ -80,6 +80,7 @@ class ClusterLauncher:
         base_port: int | None = None,
         host: str = "127.0.0.1",
         voters: int | None = None,
+        agents: str | None = None,
         out: Callable[[str], None] = print,
     ) -> None:
         if nodes < 1:
@@ -93,6 +94,8 @@ class ClusterLauncher:
         if voters % 2 == 0 and voters:
             out(f"note: {voters} voters tolerate no more failures than {voters - 1}")
         self.voter_count = voters
+        #: The ``--agents`` value every node is started with (None: none).
+        self.agents = agents
         if base_port is not None and not 1 <= base_port <= 65535 - nodes + 1:
             raise ClusterError(f"--base-port ({base_port}) leaves no room for {nodes} ports")
         self.directory = directory.resolve()
@@ -213,6 +216,8 @@ class ClusterLauncher:
         ]
         for seed in seeds:
             command += ["--seed", seed]
+        if self.agents:
+            command += ["--agents", self.agents]
         log_file = open(node_dir / "node.log", "ab")
         process = subprocess.Popen(
             command,
