@@ -341,12 +341,11 @@ class ContractNetDriver:
 
     def _adopt(self, result: ResultReported) -> None:
         self._counters["results_adopted"] += 1
-        self._queue.events.append(result) if len(
-            self._queue.events) < self.settings.events_max else self._drop()
+        if len(self._queue.events) >= self.settings.events_max:
+            self._counters["events_dropped"] += 1
+            return
+        self._queue.events.append(result)
         self._queue.wanted.set()
-
-    def _drop(self) -> None:
-        self._counters["events_dropped"] += 1
 
     def _flush(self) -> None:
         """Send what the cores produced on a call from the driver, collect their events."""
