@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -153,6 +154,57 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 node.process.kill()
                 node.process.wait()
+
+
+@dataclass
+class UpProcess:
+    """A running ``agentmesh up`` and the nodes it listed in ``cluster.json``."""
+
+    process: subprocess.Popen[str]
+    nodes: list[dict[str, Any]]
+
+    @property
+    def pids(self) -> list[int]:
+        return [int(n["pid"]) for n in self.nodes]
+
+
+@contextmanager
+def running_up(cluster_dir: Path, *up_args: str) -> Iterator[UpProcess]:
+    """``agentmesh up --dir cluster_dir *up_args`` until it reports the cluster running.
+
+    Afterwards ``up`` is stopped (SIGTERM, then SIGKILL after 30 s) unless the test
+    already did, and any node process still alive is killed, even on failure.
+    """
+    up = subprocess.Popen(
+        [sys.executable, "-m", "mesh.cli", "up", "--dir", str(cluster_dir), *up_args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    pids: list[int] = []
+    try:
+        assert up.stdout is not None
+        lines = []
+        for line in up.stdout:
+            lines.append(line)
+            if line.startswith("cluster running"):
+                break
+        else:
+            pytest.fail("up ended before the cluster ran:\n" + "".join(lines))
+        running = UpProcess(up, json.loads((cluster_dir / "cluster.json").read_text())["nodes"])
+        pids = running.pids
+        yield running
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if up.stdout is not None:
+            up.stdout.close()
 
 
 @pytest.fixture

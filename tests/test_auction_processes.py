@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ import pytest
 from agents.contract_net import ledger
 from agents.contract_net.ledger import KEY_PREFIX, LedgerError, TaskRecord, TaskState
 from agents.driver import decode_json, submit_open_task
-from conftest import pid_alive, run_cli
+from conftest import pid_alive, run_cli, running_up
 from mesh.kv_client import KVClient
 
 pytestmark = pytest.mark.timeout(180)
@@ -46,23 +44,8 @@ class UpCluster:
 def up5(tmp_path: Path) -> Iterator[UpCluster]:
     """``agentmesh up --nodes 5 --agents demo``; every process gone afterwards."""
     cluster_dir = tmp_path / "mesh"
-    up = subprocess.Popen(
-        [sys.executable, "-m", "mesh.cli", "up", "--nodes", "5", "--dir", str(cluster_dir),
-         "--agents", "demo"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    pids: dict[str, int] = {}
-    try:
-        assert up.stdout is not None
-        lines = []
-        for line in up.stdout:
-            lines.append(line)
-            if line.startswith("cluster running"):
-                break
-        else:
-            pytest.fail("up ended before the cluster ran:\n" + "".join(lines))
-        nodes = json.loads((cluster_dir / "cluster.json").read_text())["nodes"]
-        pids = {n["node_id"]: n["pid"] for n in nodes}
+    with running_up(cluster_dir, "--nodes", "5", "--agents", "demo") as up:
+        pids = {n["node_id"]: n["pid"] for n in up.nodes}
         status = json.loads(run_cli("status", "--cluster", str(cluster_dir), "--json",
                                     timeout_s=60).stdout)
         voters: set[str] = set()
@@ -70,19 +53,6 @@ def up5(tmp_path: Path) -> Iterator[UpCluster]:
             voters.update((node.get("raft") or {}).get("voters") or [])
         assert len(voters) == 3, status
         yield UpCluster(cluster_dir, pids, voters)
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
-        for pid in pids.values():
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if up.stdout is not None:
-            up.stdout.close()
 
 
 def task_inputs() -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:

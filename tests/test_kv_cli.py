@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
-from conftest import LocalCluster, pid_alive, run_cli, wait_for
+from conftest import LocalCluster, pid_alive, run_cli, running_up, wait_for
 from mesh.identity import read_private_key
 from mesh.kv_client import KVClient
 from mesh.layout import CLIENT_DIR, NODE_KEY
@@ -30,36 +30,8 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture
 def kv_cluster(tmp_path: Path) -> Iterator[Path]:
     """``agentmesh up --nodes 3`` (three voters) running; every process gone afterwards."""
-    cluster_dir = tmp_path / "mesh"
-    up = subprocess.Popen(
-        [sys.executable, "-m", "mesh.cli", "up", "--nodes", "3", "--dir", str(cluster_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    pids: list[int] = []
-    try:
-        assert up.stdout is not None
-        lines = []
-        for line in up.stdout:
-            lines.append(line)
-            if line.startswith("cluster running"):
-                break
-        else:
-            pytest.fail("up ended before the cluster ran:\n" + "".join(lines))
-        pids = [n["pid"] for n in json.loads((cluster_dir / "cluster.json").read_text())["nodes"]]
-        yield cluster_dir
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
-        for pid in pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if up.stdout is not None:
-            up.stdout.close()
+    with running_up(tmp_path / "mesh", "--nodes", "3"):
+        yield tmp_path / "mesh"
 
 
 def kv(cluster: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:

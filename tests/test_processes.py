@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import pytest
 import zmq
 from pydantic import BaseModel
 
-from conftest import LocalCluster, pid_alive, run_cli, wait_for
+from conftest import LocalCluster, pid_alive, run_cli, running_up, wait_for
 from mesh.config import MembershipConfig
 from mesh.envelope import EnvelopeSealer
 from mesh.identity import ClusterAuthority, Identity
@@ -153,36 +152,15 @@ def test_hostile_input_is_rejected_counted_and_survived(
 
 def test_up_then_sigterm_leaves_no_process(tmp_path: Path) -> None:
     cluster_dir = tmp_path / "mesh"
-    up = subprocess.Popen(
-        [sys.executable, "-m", "mesh.cli", "up", "--nodes", "3", "--dir", str(cluster_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    pids: list[int] = []
-    try:
-        assert up.stdout is not None
-        lines = []
-        for line in up.stdout:
-            lines.append(line)
-            if line.startswith("cluster running"):
-                break
-        else:
-            pytest.fail("up ended before the cluster ran:\n" + "".join(lines))
-        nodes = json.loads((cluster_dir / "cluster.json").read_text())["nodes"]
-        pids = [n["pid"] for n in nodes]
+    with running_up(cluster_dir, "--nodes", "3") as up:
+        pids = up.pids
         assert len(pids) == 3 and all(pid_alive(p) for p in pids)
         status = json.loads(run_cli("status", "--cluster", str(cluster_dir), "--json").stdout)
         assert [n["reachable"] for n in status["nodes"]] == [True, True, True]
 
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(timeout=30) == 0
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(timeout=30) == 0
         assert not [p for p in pids if pid_alive(p)]
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-        for pid in pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 def test_up_killed_outright_takes_its_nodes_with_it(tmp_path: Path) -> None:

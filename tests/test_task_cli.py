@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,7 @@ from test_contract_net_driver import mesh
 
 from agents.cli import register, run_operation
 from agents.demo import SleepAgent, SumAgent, WordCountAgent
-from conftest import LocalCluster, pid_alive, run_cli
+from conftest import LocalCluster, run_cli, running_up
 from mesh.identity import read_private_key
 from mesh.layout import NODE_KEY
 
@@ -83,33 +80,11 @@ def test_the_cli_writes_an_open_task_and_reads_it_back(local_cluster: LocalClust
 
 def test_up_with_demo_agents_runs_a_task_submitted_from_the_cli(tmp_path: Path) -> None:
     cluster_dir = tmp_path / "mesh"
-    up = subprocess.Popen(
-        [sys.executable, "-m", "mesh.cli", "up", "--nodes", "3", "--dir", str(cluster_dir),
-         "--agents", "demo"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    pids: list[int] = []
-    try:
-        assert up.stdout is not None
-        lines = []
-        for line in up.stdout:
-            lines.append(line)
-            if line.startswith("cluster running"):
-                break
-        else:
-            pytest.fail("up ended before the cluster ran:\n" + "".join(lines))
-        pids = [n["pid"] for n in json.loads((cluster_dir / "cluster.json").read_text())["nodes"]]
+    with running_up(cluster_dir, "--nodes", "3", "--agents", "demo") as up:
         done = run_cli("task", "submit", "--capability", "demo.wordcount", "--input",
                        '{"text": "one two"}', "--wait", "--timeout", "40", "--json",
                        "--cluster", str(cluster_dir), timeout_s=90)
         view = json.loads(done.stdout)
         assert view["state"] == "done" and view["result"] == {"words": 2}
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(timeout=30) == 0
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-        for pid in pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(timeout=30) == 0
