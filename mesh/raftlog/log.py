@@ -823,10 +823,16 @@ class DurableLog:
 
     def _schedule_deletion(self, live_from: int) -> None:
         """Delete, at the next sync, the segments before ``live_from``: everything in
-        them is compacted or overwritten. Only after the record saying so is durable."""
-        for seq in self._segments:
-            if seq < live_from and seq != self._active_seq and seq not in self._to_delete:
-                self._to_delete.append(seq)
+        them is compacted or overwritten. Only after the record saying so is durable.
+
+        The hard state is restated in the active segment first, in the same sync:
+        the record that restated it when the segment began may be gone (a crash can
+        cut a segment at any record boundary), and the older ones are going."""
+        doomed = [seq for seq in self._segments
+                  if seq < live_from and seq != self._active_seq and seq not in self._to_delete]
+        if doomed:
+            self._write_state()
+            self._to_delete.extend(doomed)
 
     def _delete_segments(self) -> None:
         for seq in self._to_delete:
