@@ -150,9 +150,9 @@ class EnvelopeSealer:
     than the last when that is not larger), so a sender sending fewer than a million envelopes
     per second never runs ahead of time. That is what lets several processes
     share one identity (two CLI commands at once): their numbers interleave by
-    time, and a receiver's replay window (``replay_window_messages`` numbers,
-    about that many microseconds) refuses only an envelope that arrives after
-    another process's envelope sent more than that much later.
+    time, and a receiver's replay window (the last ``replay_window_messages``
+    numbers it accepted) refuses only an envelope that arrives after that many
+    later ones.
     """
 
     def __init__(self, identity: Identity, certificate: Certificate, first_seq: int) -> None:

@@ -258,12 +258,17 @@ def test_a_replayed_envelope_is_refused_once_seen() -> None:
 
 def test_envelopes_older_than_the_window_are_replays_but_reordering_within_is_fine() -> None:
     sending, receiver = sealer(), opener(replay_window_messages=64)
-    frames = [sending.seal(KIND, [Note(text=str(i))], wall_ms=NOW_MS, attach_certificate=True)[1]
+    frames = [sending.seal(KIND, [Note(text=str(i))], wall_ms=NOW_MS + i,
+                           wall_us=(NOW_MS + i) * 1000, attach_certificate=True)[1]
               for i in range(100)]
-    assert isinstance(open_frame(receiver, frames[50]), Envelope)
-    assert isinstance(open_frame(receiver, frames[10]), Envelope)  # 40 behind: inside
-    assert isinstance(open_frame(receiver, frames[99]), Envelope)
-    assert reason_of(open_frame(receiver, frames[20])) is Rejection.REPLAY  # 79 behind: outside
+    for i in range(100):
+        if i not in (5, 90):
+            assert isinstance(open_frame(receiver, frames[i]), Envelope)
+    # Sealed 9 ms before the last one, but only 9 envelopes ago: reordering, fine.
+    assert isinstance(open_frame(receiver, frames[90]), Envelope)
+    # 94 envelopes ago, more than the window remembers: refused.
+    assert reason_of(open_frame(receiver, frames[5])) is Rejection.REPLAY
+    assert reason_of(open_frame(receiver, frames[95])) is Rejection.REPLAY  # seen
 
 
 def test_an_envelope_for_another_recipient_counts_as_replay() -> None:
