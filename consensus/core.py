@@ -9,13 +9,13 @@ appends ``Outgoing`` items to an outbox that the driver drains with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import BaseModel
 
-__all__ = ["Incoming", "Outgoing", "ProtocolCore"]
+__all__ = ["Incoming", "Outgoing", "ProtocolCore", "coalesce"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,32 @@ class Outgoing:
     def __post_init__(self) -> None:
         assert (self.to_node is None) != (self.to_address is None), self
         assert self.payloads, self
+
+
+def coalesce(outbox: Sequence[Outgoing]) -> list[Outgoing]:
+    """``outbox`` with runs of one kind to one destination merged into one message.
+
+    Per destination the order of payloads is kept (only neighbours in that
+    destination's own sequence merge, so a kind never overtakes another);
+    destinations come in the order of their first message. A burst of calls to
+    one peer then costs one signed envelope instead of one each (the driver still
+    splits what exceeds an envelope's entry or size limit).
+    """
+    runs: dict[tuple[bytes | None, str | None], list[tuple[Outgoing, list[BaseModel]]]] = {}
+    for out in outbox:
+        sequence = runs.setdefault((out.to_node, out.to_address), [])
+        if sequence:
+            last, payloads = sequence[-1]
+            if last.kind == out.kind and last.attach_certificate == out.attach_certificate:
+                payloads.extend(out.payloads)
+                continue
+        sequence.append((out, list(out.payloads)))
+    merged: list[Outgoing] = []
+    for sequence in runs.values():
+        for out, payloads in sequence:
+            merged.append(out if len(payloads) == len(out.payloads) else Outgoing(
+                out.kind, tuple(payloads), out.to_node, out.to_address, out.attach_certificate))
+    return merged
 
 
 class ProtocolCore(Protocol):

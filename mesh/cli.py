@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import functools
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import anyio
 
 from mesh import __version__
 from mesh.config import defaults_toml, load_config
-from mesh.errors import MeshError
+from mesh.errors import ClusterError, MeshError
 from mesh.gossip_cli import GossipCommandError, gossip_command, parse_value
 from mesh.kv_cli import register as register_kv_commands
 from mesh.launcher import ClusterLauncher
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Raft voters among the nodes: 3 or 5 (default: 3, or every node "
                          "if fewer; 0: no replicated store)")
     up.add_argument("--agents", help="agents every node hosts (see node run --agents)")
+    up.add_argument("--demo-tasks", type=int, default=0, metavar="N",
+                    help="once running, put N demo tasks through contract-net auctions and "
+                    "print how each went (needs --agents demo)")
     up.set_defaults(handler=_up)
 
     status = commands.add_parser("status", help="ask every node of a cluster for its status")
@@ -136,6 +140,11 @@ NODE_HOOKS_ENTRY_POINT_GROUP = "agentmesh.node_hooks"
 that the layers above mesh can add cores and services (``Node.add_service``).
 ``options`` holds the command's layer options (``agents``: the ``--agents`` value
 or None)."""
+UP_HOOKS_ENTRY_POINT_GROUP = "agentmesh.up_hooks"
+"""Functions ``hook(cluster_dir, options, out) -> int`` called by ``up`` once the
+cluster runs, before it waits for Ctrl-C (``options``: ``agents``,
+``demo_tasks``; ``out`` prints a line). A non-zero result is ``up``'s exit code
+when it stops (the cluster keeps running meanwhile)."""
 PROFILE_DIR_ENV = "AGENTMESH_PROFILE_DIR"
 """When set, ``node run`` profiles the node and writes NAME.prof there at exit."""
 
@@ -260,9 +269,16 @@ async def _run_until_signal(node: Node) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.demo_tasks and not args.agents:
+        raise ClusterError("--demo-tasks needs agents to run them: add --agents demo")
+    options = {"agents": args.agents, "demo_tasks": args.demo_tasks}
     launcher = ClusterLauncher(args.dir, args.nodes, base_port=args.base_port,
                                voters=args.voters, agents=args.agents)
-    return launcher.run(duration_s=args.duration)
+    hooks = [entry_point.load() for entry_point in sorted(
+        entry_points(group=UP_HOOKS_ENTRY_POINT_GROUP), key=lambda e: e.name)]
+    steps = [functools.partial(hook, launcher.directory, options, launcher.out)
+             for hook in hooks]
+    return launcher.run(duration_s=args.duration, after_start=steps)
 
 
 def _status(args: argparse.Namespace) -> int:

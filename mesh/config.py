@@ -68,9 +68,10 @@ class EnvelopeConfig(_Section):
     replay_window_messages: int = Field(
         4096,
         ge=64,
-        description="Per-sender sliding window of sequence numbers: a number seen before or "
-        "older than the window is a 'replay'. Wider tolerates more reordering, costs a bit "
-        "per number per sender.",
+        description="Per sender, how many of the latest accepted sequence numbers are "
+        "remembered: one of them, or one below any number forgotten, is a 'replay'. An "
+        "envelope may arrive after this many later ones and still be accepted. Wider "
+        "tolerates more reordering and costs about 60 bytes per number per sender.",
     )
     trusted_senders_max: int = Field(
         4_096,
@@ -534,6 +535,13 @@ class NodeConfig(_Section):
         ge=1,
         description="Requests awaiting an answer at once; a request beyond it fails at once "
         "instead of queueing.",
+    )
+    local_queue_messages_max: int = Field(
+        10_000,
+        ge=1,
+        description="Core messages a node addresses to itself (a manager inviting its own "
+        "contractor) waiting to be handed over in memory, without sealing or sockets; "
+        "beyond it they are dropped and counted as send_dropped.",
     )
     # Sections are frozen, so one default instance can be shared.
     envelope: EnvelopeConfig = EnvelopeConfig()

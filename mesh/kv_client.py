@@ -192,6 +192,16 @@ class KVClient:
             finally:
                 tg.cancel_scope.cancel()
 
+    @property
+    def node(self) -> Node:
+        """The node this client sends through (a client node when standalone)."""
+        return self._node
+
+    def targets(self) -> Sequence[Target]:
+        """Where this client's calls may go, voters first (re-read from
+        ``cluster.json`` at most once a second when standalone)."""
+        return self._targets()
+
     # -- the store's operations ----------------------------------------------------------
 
     async def put(self, key: str, value: bytes | str, *, lease_id: int | None = None) -> Response:
@@ -461,6 +471,11 @@ class KVClient:
             if resolve is None:
                 self.counters["answers_unmatched"] += 1
                 continue
+            attempt = self._attempts.get(answer.call_id)
+            if attempt is not None:
+                # The target as the call named it (an address after a redirect, a node
+                # id otherwise): the watchdog looks it up under that name.
+                self._heard[attempt.target] = now
             resolve(answer)
 
 

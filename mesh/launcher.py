@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -108,8 +108,11 @@ class ClusterLauncher:
 
     # -- the whole life of a cluster ---------------------------------------------
 
-    def run(self, duration_s: float | None = None) -> int:
-        """Prepare, start, show status, wait for a stop request, stop. Returns an exit code."""
+    def run(self, duration_s: float | None = None,
+            after_start: Sequence[Callable[[], int]] = ()) -> int:
+        """Prepare, start, show status, run ``after_start`` (each returns an exit
+        code), wait for a stop request, stop. Returns an exit code: the first
+        non-zero one of ``after_start``, else 0."""
         stop_signals = (signal.SIGINT, signal.SIGTERM)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in stop_signals}
         try:
@@ -117,9 +120,10 @@ class ClusterLauncher:
             self.start_all()
             self.out(self.node_table())
             self.show_status_when_converged()
+            codes = [step() for step in after_start]
             self.out("cluster running; Ctrl-C (or SIGTERM) stops every node")
             self.wait(duration_s)
-            return 0
+            return next((code for code in codes if code), 0)
         finally:
             self.stop_all()
             for sig, handler in previous.items():

@@ -315,8 +315,7 @@ class RaftService:
         self._maybe_snapshot()
 
     def _send(self, messages: tuple[Outgoing, ...] | list[Outgoing]) -> None:
-        for out in messages:
-            self._node.send_core_message(out)
+        self._node.send_core_messages(messages)
 
     def _on_role_change(self) -> None:
         self.counters["leader_changes"] += 1

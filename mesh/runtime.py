@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import anyio
 from anyio.abc import TaskStatus
 from pydantic import BaseModel
 
-from consensus.core import Incoming, Outgoing, ProtocolCore
+from consensus.core import Incoming, Outgoing, ProtocolCore, coalesce
 from consensus.gossip import Gossip
 from mesh.codec import pack
 from mesh.config import NodeConfig
@@ -95,6 +96,11 @@ class Inbound:
 Handler = Callable[[Inbound], None]
 
 
+_STATUS_FIELDS = frozenset({"name", "node_id", "listen", "pid", "uptime_s", "peers",
+                            "membership", "gossip", "raft", "counters"})
+"""The fields ``Node.status`` always has; ``add_status`` sections may not reuse them."""
+
+
 @dataclass(slots=True)
 class NodeCounters:
     """What the node did with the frames it saw and the envelopes it sent."""
@@ -106,6 +112,9 @@ class NodeCounters:
     unhandled: int = 0
     responses_unmatched: int = 0
     loop_lag_max_ms: int = 0
+    sent_local: int = 0
+    """Core messages to this node itself, handed over in memory (never sealed)."""
+    received_local: int = 0
 
 
 @dataclass(slots=True)
@@ -161,6 +170,9 @@ class Node:
         self._members_dirty = False
         self._certificates_sent: dict[bytes, int] = {}  # insertion order: oldest first
         self._services: list[Callable[[], Any]] = []
+        self._status_sections: dict[str, Callable[[], Any]] = {}
+        self._local: deque[Outgoing] = deque()
+        self._local_wanted = anyio.Event()
         self._run_started = False
         #: This node's Raft voter, if it is one (``config.raft.voters``).
         self.raft: RaftService | None = None
@@ -235,6 +247,13 @@ class Node:
             raise MeshError("add_service: the node is already running")
         self._services.append(fn)
 
+    def add_status(self, name: str, section: Callable[[], Any]) -> None:
+        """Report ``section()`` (JSON-able) under ``name`` in ``status()``, e.g. a
+        service's counters. ``ValueError`` if the name is taken."""
+        if name in self._status_sections or name in _STATUS_FIELDS:
+            raise ValueError(f"status section {name!r} already exists")
+        self._status_sections[name] = section
+
     # -- running -----------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[str | None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -249,6 +268,7 @@ class Node:
                 await tg.start(self.transport.serve)
                 for service in self._services:
                     tg.start_soon(service)
+                tg.start_soon(self._local_loop)
                 if self.listens:
                     self._write_run_file()
                     tg.start_soon(self._tick_loop)
@@ -629,8 +649,7 @@ class Node:
         return queued
 
     def _flush(self, core: ProtocolCore) -> None:
-        for out in core.take_outbox():
-            self._send_outgoing(out)
+        self.send_core_messages(core.take_outbox())
         after = self._after_flush.get(id(core))
         if after is not None:
             after()
@@ -639,7 +658,22 @@ class Node:
         """Send one message a protocol core produced (for cores with their own driver)."""
         self._send_outgoing(out)
 
+    def send_core_messages(self, outbox: Sequence[Outgoing]) -> None:
+        """Send a core's outbox, runs of one kind to one peer in one envelope
+        (``consensus.core.coalesce``)."""
+        for out in coalesce(outbox) if len(outbox) > 1 else outbox:
+            self._send_outgoing(out)
+
     def _send_outgoing(self, out: Outgoing) -> None:
+        if out.to_node == self.node_id and out.kind in self._core_by_kind:
+            # To ourselves: hand it over in memory (after this flush, not inside it).
+            if len(self._local) >= self.config.local_queue_messages_max:
+                self.counters.send_dropped += 1
+                return
+            self._local.append(out)
+            self._local_wanted.set()
+            self.counters.sent_local += 1
+            return
         target: bytes | str = out.to_address if out.to_address is not None else out.to_node  # type: ignore[assignment]
         try:
             self.send_nowait(target, out.kind, out.payloads,
@@ -686,6 +720,26 @@ class Node:
         for core in self._cores:
             if id(core) in stepped:
                 self._flush(core)
+
+    async def _local_loop(self) -> None:
+        """Deliver the core messages this node sent itself, as if received."""
+        while True:
+            if not self._local:
+                self._local_wanted = anyio.Event()
+                await self._local_wanted.wait()
+            batch = list(self._local)
+            self._local.clear()
+            stepped: dict[int, ProtocolCore] = {}
+            for out in batch:
+                core = self._core_by_kind[out.kind]
+                for payload in out.payloads:
+                    core.step(Incoming(self.node_id, out.kind, payload))
+                stepped[id(core)] = core
+            self.counters.received_local += len(batch)
+            for core in self._cores:
+                if id(core) in stepped:
+                    self._flush(core)
+            await anyio.lowlevel.checkpoint()
 
     def _dispatch(self, inbound: Inbound, stepped: set[int]) -> None:
         envelope = inbound.envelope
@@ -740,10 +794,23 @@ class Node:
                 "unhandled": counters.unhandled,
                 "responses_unmatched": counters.responses_unmatched,
                 "loop_lag_max_ms": counters.loop_lag_max_ms,
+                "sent_local": counters.sent_local,
+                "received_local": counters.received_local,
                 "rejected": self.opener.rejected_by_name(),
                 "transport": self.transport.counters.as_dict(),
             },
+            **self._section_statuses(),
         }
+
+    def _section_statuses(self) -> dict[str, Any]:
+        sections: dict[str, Any] = {}
+        for name, section in self._status_sections.items():
+            try:
+                sections[name] = section()
+            except Exception as exc:  # a broken section must not break status
+                log.exception("status section %s failed", name)
+                sections[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return sections
 
     def _membership_status(self) -> dict[str, Any] | None:
         if self.membership is None:
@@ -767,11 +834,15 @@ class Node:
 
     def _raft_status(self) -> dict[str, Any] | None:
         if self.raft is not None:
-            return self.raft.status()
+            status = self.raft.status()
+            if self._kv is not None:
+                status = {**status, "client": dict(self._kv.counters)}
+            return status
         if not self.config.raft.voters:
             return None
         return {"role": "client", "term": None, "leader_id": None, "commit_index": None,
-                "applied_index": None, "voters": list(self.config.raft.voters)}
+                "applied_index": None, "voters": list(self.config.raft.voters),
+                "client": dict(self._kv.counters) if self._kv is not None else None}
 
     def _answer_status(self, inbound: Inbound) -> None:
         self.reply(inbound, STATUS_RESPONSE, StatusResponse(status=self.status()))

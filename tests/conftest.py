@@ -162,6 +162,8 @@ class UpProcess:
 
     process: subprocess.Popen[str]
     nodes: list[dict[str, Any]]
+    printed: str = ""
+    """What ``up`` printed until it reported the cluster running."""
 
     @property
     def pids(self) -> list[int]:
@@ -189,7 +191,8 @@ def running_up(cluster_dir: Path, *up_args: str) -> Iterator[UpProcess]:
                 break
         else:
             pytest.fail("up ended before the cluster ran:\n" + "".join(lines))
-        running = UpProcess(up, json.loads((cluster_dir / "cluster.json").read_text())["nodes"])
+        running = UpProcess(up, json.loads((cluster_dir / "cluster.json").read_text())["nodes"],
+                            "".join(lines))
         pids = running.pids
         yield running
     finally:

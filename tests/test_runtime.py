@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -9,8 +10,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from consensus.core import Incoming, Outgoing, coalesce
 from mesh.config import NodeConfig
 from mesh.errors import MeshError, MessageTooLarge, RequestTimeout
 from mesh.identity import ClusterAuthority, Identity
@@ -260,3 +264,96 @@ async def test_members_are_remembered_for_a_restart_without_seeds(tmp_path: Path
                      authority_public_key=AUTHORITY.public_key, node_dir=tmp_path)
         async with again.running():
             await until(lambda: alive_names(again) == ["first"])
+
+
+class Recorder:
+    """A core that records what it is fed and, per Note, answers to a given node."""
+
+    def __init__(self, reply_to: bytes | None = None) -> None:
+        self.fed: list[tuple[bytes, str]] = []
+        self.outbox: list[Outgoing] = []
+        self.reply_to = reply_to
+
+    @property
+    def message_kinds(self) -> dict[str, type[BaseModel]]:
+        return {"test.core": Note}
+
+    def step(self, message: Incoming) -> None:
+        assert isinstance(message.payload, Note)
+        self.fed.append((message.sender, message.payload.text))
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def take_outbox(self) -> list[Outgoing]:
+        outbox, self.outbox = self.outbox, []
+        return outbox
+
+
+async def test_a_core_outbox_goes_out_one_envelope_per_run_of_a_kind_to_a_peer() -> None:
+    async with pair() as (first, second):
+        sender, receiver = Recorder(), Recorder()
+        first.register_core(sender)
+        second.register_core(receiver)
+        envelopes_before = first.counters.sent
+        first.send_core_messages([Outgoing("test.core", (Note(text=str(i)),),
+                                           to_node=second.node_id) for i in range(20)])
+        await until(lambda: len(receiver.fed) == 20)
+        assert receiver.fed == [(first.node_id, str(i)) for i in range(20)]
+        # Membership may send meanwhile: allow it a few envelopes.
+        assert first.counters.sent - envelopes_before < 5
+
+
+async def test_core_messages_to_the_node_itself_are_handed_over_in_memory() -> None:
+    node = make_node("alone")
+    core = Recorder()
+    node.register_core(core)
+    async with node.running():
+        node.send_core_messages([Outgoing("test.core", (Note(text="a"), Note(text="b")),
+                                          to_node=node.node_id)])
+        await until(lambda: len(core.fed) == 2)
+    assert core.fed == [(node.node_id, "a"), (node.node_id, "b")]
+    assert node.counters.sent_local == 1 and node.counters.received_local == 1
+    assert node.counters.sent == 0  # nothing sealed, nothing on a socket
+
+
+def test_coalesce_keeps_each_destinations_order_and_every_payload() -> None:
+    a, b = b"a" * 16, b"b" * 16
+    notes = [Note(text=str(i)) for i in range(6)]
+    outbox = [
+        Outgoing("k1", (notes[0],), to_node=a),
+        Outgoing("k1", (notes[1],), to_node=b),
+        Outgoing("k1", (notes[2],), to_node=a),
+        Outgoing("k2", (notes[3],), to_node=a),
+        Outgoing("k1", (notes[4],), to_node=a),
+        Outgoing("k1", (notes[5],), to_address="tcp://x:1"),
+    ]
+    assert coalesce(outbox) == [
+        Outgoing("k1", (notes[0], notes[2]), to_node=a),
+        Outgoing("k2", (notes[3],), to_node=a),
+        Outgoing("k1", (notes[4],), to_node=a),  # never ahead of the k2 sent before it
+        Outgoing("k1", (notes[1],), to_node=b),
+        Outgoing("k1", (notes[5],), to_address="tcp://x:1"),
+    ]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["k1", "k2"]), st.sampled_from([b"a" * 16, b"b" * 16]),
+                          st.booleans()), max_size=40))
+def test_coalesce_never_reorders_what_one_destination_receives(
+    plan: list[tuple[str, bytes, bool]],
+) -> None:
+    outbox = [Outgoing(kind, (Note(text=str(i)),), to_node=node, attach_certificate=cert)
+              for i, (kind, node, cert) in enumerate(plan)]
+    merged = coalesce(outbox)
+
+    def stream(messages: list[Outgoing], node: bytes) -> list[tuple[str, bool, str]]:
+        return [(m.kind, m.attach_certificate, p.text)  # type: ignore[attr-defined]
+                for m in messages if m.to_node == node for p in m.payloads]
+
+    for node in {n for _, n, _ in plan}:
+        assert stream(merged, node) == stream(outbox, node)
+    assert len(merged) <= len(outbox)
+    for before, after in itertools.pairwise(merged):  # neighbours to one node: other kinds
+        if before.to_node == after.to_node:
+            assert (before.kind, before.attach_certificate) != (after.kind,
+                                                                after.attach_certificate)
