@@ -5,10 +5,12 @@ import ``agents``). Every command talks to the cluster in ``--cluster`` with its
 CLI identity through ``KVClient.connect``: it reads and writes the Raft task
 ledger directly, it runs no driver.
 
-``task submit`` writes the task's open record (``ledger.create``) with no owner.
-A node running a ``ContractNetDriver`` picks it up at its next periodic scan
-(``scan_interval_s``): any node may take over an open task that no live node
-manages, by compare-and-set on ``owner/<id>``, and then auctions it. So a task
+``task submit`` asks a node of the cluster to take the task
+(``agents.submission.submit_task``): the node's ``ContractNetDriver`` records it
+with itself as the owner and calls for proposals at once. When no node takes it
+(none runs a driver, none answers), the open record is written with no owner
+(``ledger.create``); a node running a driver takes it over at its next periodic
+scan (``scan_interval_s``) by compare-and-set on ``owner/<id>``, so a task
 submitted while no node runs a driver stays open until one does. ``--wait``
 polls the ledger until the task is done, failed or cancelled.
 
@@ -23,8 +25,9 @@ Output (``--json``: one JSON object per task)::
      "result", "failure_reasons", "bids"}
 
 ``result`` is the agent's JSON output (or text); ``contractor`` the node id in
-hex. ``bids`` is null: the ledger records the award, not the bids (they live in
-the manager's memory only).
+hex. ``bids`` are those of the auction that made the latest award, best first:
+``{"node", "cost", "duration_s", "load", "confidence"}`` each (empty before an
+award).
 
 Exit codes: 0 success (``--wait``: the task is done); 1 the task failed or was
 cancelled, or is unknown, or the input is malformed; 2 the cluster did not
@@ -46,8 +49,9 @@ import anyio
 from agents.contract_net import ledger
 from agents.contract_net.ledger import KEY_PREFIX, LedgerError, TaskRecord, TaskState
 from agents.demo import parse_agents_spec
-from agents.driver import ContractNetDriver, decode_json, submit_open_task
+from agents.driver import ContractNetDriver, decode_json
 from agents.host import AgentHost
+from agents.submission import submit_task
 from mesh.errors import MeshError
 from mesh.kv_client import KVClient, KVUnavailable
 
@@ -96,7 +100,8 @@ def record_view(record: TaskRecord) -> dict[str, Any]:
         "contractor": record.contractor.hex() if record.contractor else None,
         "result": decode_json(record.result),
         "failure_reasons": list(record.failure_reasons),
-        "bids": None,
+        "bids": [{"node": bid.node_id.hex(), "cost": bid.cost, "duration_s": bid.duration_s,
+                  "load": bid.load, "confidence": bid.confidence} for bid in record.bids],
     }
 
 
@@ -105,8 +110,9 @@ def register(commands: Any) -> None:
     task = commands.add_parser(
         "task", help="submit contract-net tasks and read the task ledger",
         description="Submit tasks to the agents of a running mesh and read the task "
-        "ledger. A submitted task is written open to the ledger; a node running the "
-        "contract-net driver takes it over at its next scan and auctions it.",
+        "ledger. A node of the mesh takes a submitted task and auctions it at once; if "
+        "none does, it is written open to the ledger and a node running the "
+        "contract-net driver takes it over at its next scan.",
     ).add_subparsers(dest="task_command", required=True)
 
     submit = _sub(task, "submit", "submit a task")
@@ -186,8 +192,8 @@ async def _submit(kv: Any, args: argparse.Namespace) -> tuple[int, list[dict[str
         return EXIT_FAILED, [], f"--input is not JSON: {exc}"
     if not isinstance(task_input, dict):
         return EXIT_FAILED, [], "--input must be a JSON object"
-    record = await submit_open_task(kv, args.capability, task_input, task_id=args.task_id,
-                                    max_attempts=args.max_attempts)
+    record = await submit_task(kv, args.capability, task_input, task_id=args.task_id,
+                               max_attempts=args.max_attempts)
     if not args.wait:
         return EXIT_OK, [record_view(record)], ""
     with anyio.move_on_after(args.timeout):

@@ -58,16 +58,21 @@ class DemoSettings:
     ``numbers_max``: most numbers ``demo.sum`` takes.
     ``sleep_seconds_max``: longest ``demo.sleep``; keep it under the host's
     ``task_timeout_s`` or long sleeps fail as timeouts.
-    ``concurrency_max``: tasks each demo agent runs at once.
+    ``concurrency_max``: tasks ``demo.wordcount`` and ``demo.sum`` each run at
+    once. They finish in microseconds, so their limit only bounds the burst a
+    node takes; a low one makes contractors refuse work they could do at once.
+    ``sleep_concurrency_max``: ``demo.sleep`` tasks run at once (the long ones).
     """
 
     text_chars_max: int = 1_000_000
     numbers_max: int = 100_000
     sleep_seconds_max: float = 10.0
-    concurrency_max: int = 4
+    concurrency_max: int = 32
+    sleep_concurrency_max: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("text_chars_max", "numbers_max", "concurrency_max"):
+        for name in ("text_chars_max", "numbers_max", "concurrency_max",
+                     "sleep_concurrency_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} ({value!r}) must be a positive integer")
@@ -176,7 +181,7 @@ class SleepAgent(Agent):
     def __init__(self, settings: DemoSettings | None = None) -> None:
         self._settings = settings or DemoSettings()
         super().__init__(self.CAPABILITY, [self.CAPABILITY],
-                         concurrency_max=self._settings.concurrency_max)
+                         concurrency_max=self._settings.sleep_concurrency_max)
 
     def _seconds(self, task_input: Mapping[str, Any]) -> int | float:
         _only_keys(self.CAPABILITY, task_input, "seconds")

@@ -109,11 +109,17 @@ class HostSettings:
     means fresher load in gossip and more gossip traffic.
     ``result_bytes_max``: largest result (compact JSON); by default what fits
     inline in a contract-net result message.
+    ``queue_per_slot``: tasks that may wait for each agent slot beside the one
+    running in it. A contractor bids while promised tasks fit the slots plus this
+    queue, since most bids lose; one that wins more than its free slots runs the
+    extra tasks as slots free up (its bids report the load, so managers prefer
+    idler nodes). 0: no queue, a task that finds every slot taken fails as busy.
     """
 
     task_timeout_s: float = 60.0
     publish_interval_s: float = 0.2
     result_bytes_max: int = RESULT_BYTES_WIRE_MAX
+    queue_per_slot: int = 1
 
     def __post_init__(self) -> None:
         for name in ("task_timeout_s", "publish_interval_s"):
@@ -124,6 +130,9 @@ class HostSettings:
         limit = self.result_bytes_max
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
             raise ConfigError(f"result_bytes_max ({limit!r}) must be an integer >= 2")
+        queue = self.queue_per_slot
+        if isinstance(queue, bool) or not isinstance(queue, int) or not 0 <= queue <= 1000:
+            raise ConfigError(f"queue_per_slot ({queue!r}) must be an integer from 0 to 1000")
 
 
 class FailureCause(Enum):
@@ -161,7 +170,8 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
         "tasks_started": "tasks handed to an agent",
         "tasks_done": "tasks that returned a usable result",
         "failed_no_capability": "tasks refused: no agent here offers the capability",
-        "failed_busy": "tasks refused: every agent with the capability is at its limit",
+        "failed_busy": "tasks refused: every slot and queue place for the capability taken",
+        "tasks_queued": "tasks that waited for a slot before an agent took them",
         "failed_bad_input": "tasks failed: the input was not an object or the agent "
                             "raised AgentInputError",
         "failed_timeout": "tasks failed: ran longer than their timeout",
@@ -198,6 +208,8 @@ class AgentHost:
             raise ConfigError(f"{type(bad[0]).__name__} is not an Agent")
         self._settings = settings or HostSettings()
         self._running = dict.fromkeys(names, 0)
+        self._waiting: dict[str, int] = {}  # capability -> tasks waiting for a slot
+        self._slot_freed = anyio.Event()
         self._counters = dict.fromkeys(COUNTERS, 0)
         self._changed: anyio.Event | None = None
         self._published: dict[str, Any] | None = None
@@ -223,6 +235,11 @@ class AgentHost:
     def limit(self) -> int:
         """Tasks that may run at once: the agents' ``concurrency_max`` summed."""
         return sum(agent.concurrency_max for agent in self._agents)
+
+    @property
+    def admit_limit(self) -> int:
+        """Tasks that may be running or waiting for a slot at once."""
+        return self.limit * (1 + self._settings.queue_per_slot)
 
     def running(self, agent_name: str) -> int:
         """Tasks ``agent_name`` runs now."""
@@ -253,30 +270,84 @@ class AgentHost:
                     best, best_free = agent, free
         return best
 
+    def has_room(self, held: Mapping[str, int], capability: str) -> bool:
+        """Whether one more ``capability`` task fits beside ``held`` (tasks per
+        capability, running or promised), each agent taking at most its
+        ``concurrency_max`` times (1 + ``queue_per_slot``).
+
+        Tasks go to agents greedily, the capability with the fewest slots first and
+        the most specialised agents first. That is exact when each capability's
+        agents offer only it and conservative otherwise: it may refuse a task that
+        would fit, never admit one that does not.
+        """
+        if not any(capability in agent.capabilities for agent in self._agents):
+            return False
+        demand = {cap: count for cap, count in held.items() if count > 0}
+        demand[capability] = demand.get(capability, 0) + 1
+        places = 1 + self._settings.queue_per_slot
+        free = {agent.name: agent.concurrency_max * places for agent in self._agents}
+
+        def offering(cap: str) -> list[Agent]:
+            able = [agent for agent in self._agents if cap in agent.capabilities]
+            return sorted(able, key=lambda agent: len(agent.capabilities))
+
+        for cap in sorted(demand, key=lambda c: sum(a.concurrency_max for a in offering(c))):
+            able = offering(cap)
+            if not able:
+                continue  # held for a capability no agent here offers now: no slot of theirs
+            need = demand[cap]
+            for agent in able:
+                taken = min(need, free[agent.name])
+                free[agent.name] -= taken
+                need -= taken
+            if need > 0:
+                return False
+        return True
+
     # -- running tasks ---------------------------------------------------------------
 
     async def run_task(
-        self, capability: str, task_input: Mapping[str, Any], *, timeout_s: float | None = None
+        self, capability: str, task_input: Mapping[str, Any], *, timeout_s: float | None = None,
+        admitted: bool = False,
     ) -> TaskOutcome:
         """Run one task on an agent offering ``capability``; never raises for a task's fault.
 
-        Fails at once with ``BUSY`` when every such agent is at its limit (the
-        contract net must not over-commit, so nothing queues here), and with
-        ``NO_CAPABILITY`` when none offers it. ``timeout_s`` (default
-        ``task_timeout_s``, never more) bounds the agent's ``handle``.
+        When every such agent is at its limit the task waits for a slot, if fewer
+        than their slots times ``queue_per_slot`` tasks wait already; otherwise it
+        fails at once with ``BUSY``; an ``admitted`` task (the contract net awarded
+        it here: its caller bounds how many it hands over) always waits.
+        ``NO_CAPABILITY`` when no agent offers it.
+        ``timeout_s`` (default ``task_timeout_s``, never more) bounds the wait for
+        a slot and the agent's ``handle`` together.
         """
-        if not any(capability in agent.capabilities for agent in self._agents):
+        able = [agent for agent in self._agents if capability in agent.capabilities]
+        if not able:
             return self._failed(FailureCause.NO_CAPABILITY, f"no agent offers {capability!r}")
-        agent = self.pick(capability)
-        if agent is None:
-            return self._failed(FailureCause.BUSY, f"every agent offering {capability!r} "
-                                "is at its concurrency limit")
         if not isinstance(task_input, Mapping):
             return self._failed(FailureCause.BAD_INPUT, "task input must be an object, not "
-                                f"{type(task_input).__name__}", agent)
+                                f"{type(task_input).__name__}")
         limit_s = self._settings.task_timeout_s
         if timeout_s is not None:
             limit_s = min(limit_s, max(timeout_s, 0.0))
+        started = anyio.current_time()
+        agent = self.pick(capability)
+        if agent is None:
+            queue = sum(a.concurrency_max for a in able) * self._settings.queue_per_slot
+            if not admitted and self._waiting.get(capability, 0) >= queue:
+                return self._failed(FailureCause.BUSY, f"every agent offering {capability!r} "
+                                    "is at its concurrency limit and its queue is full")
+            self._counters["tasks_queued"] += 1
+            self._waiting[capability] = self._waiting.get(capability, 0) + 1
+            try:
+                with anyio.move_on_after(limit_s):
+                    while (agent := self.pick(capability)) is None:
+                        await self._slot_freed.wait()
+            finally:
+                self._waiting[capability] -= 1
+            if agent is None:
+                return self._failed(FailureCause.TIMEOUT, f"no {capability} slot came free "
+                                    f"within {limit_s:g} s")
+            limit_s = max(0.0, limit_s - (anyio.current_time() - started))
         self._counters["tasks_started"] += 1
         self._running[agent.name] += 1
         self._mark_changed()
@@ -284,6 +355,8 @@ class AgentHost:
             return await self._handle(agent, capability, task_input, limit_s)
         finally:
             self._running[agent.name] -= 1
+            self._slot_freed.set()
+            self._slot_freed = anyio.Event()
             self._mark_changed()
 
     async def _handle(
@@ -328,8 +401,11 @@ class AgentHost:
     def estimate(
         self, capability: str, task_input: Mapping[str, Any] | None = None
     ) -> Estimate | None:
-        """The quote of the agent that would run it now; None when none could (or it raised)."""
-        agent = self.pick(capability)
+        """The quote of the agent that would run it (the freest one now); None when no
+        agent has the capability (or it raised). Whether a slot is free is
+        ``has_room``'s question, not this one's."""
+        agent = self.pick(capability) or next(
+            (a for a in self._agents if capability in a.capabilities), None)
         if agent is None:
             return None
         try:
@@ -395,9 +471,8 @@ def estimator_for(host: AgentHost) -> Estimator:
     """A contract-net ``Estimator`` quoting through ``host``'s agents.
 
     A call for proposals carries no full input, so agents estimate with
-    ``task_input=None``; with no agent free for the capability the bid is
-    declined. Give the ``Contractor`` ``host.capabilities`` and set its
-    ``tasks_running_max`` to ``host.limit``.
+    ``task_input=None``. Give the ``Contractor`` ``host.capabilities``,
+    ``room=host.has_room`` and ``tasks_running_max=host.admit_limit``.
     """
 
     def estimate(cfp: CallForProposals) -> Estimate | None:

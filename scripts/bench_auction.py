@@ -1,25 +1,27 @@
 """Contract-net benchmark: ``agentmesh up --nodes N --agents demo`` as real processes,
-N trivial ``demo.sum`` tasks submitted at once from this process.
+trivial ``demo.sum`` tasks submitted from this process the way ``agentmesh task
+submit`` does (``agents.submission.submit_task``: a node takes each task and
+calls for proposals at once; submissions go to the nodes in turn).
 
-What it measures, in one run:
+Two phases, in one run:
 
-a. tasks/s from the first submit to the moment the last task is seen done in the
-   Raft task ledger (``task/<id>``), which this process polls every ``--poll-ms``;
-b. latency per task. The ledger records no award time (a ``TaskRecord`` has no
-   timestamps), so the auction alone cannot be timed from outside: what is
-   reported is submit-to-done (submit call started -> first poll that sees the
-   task done), p50/p99, with the poll interval as its resolution. It includes the
-   wait for a driver's periodic scan (``scan_interval_s``, 1 s by default): a task
-   written straight to the ledger, as ``agentmesh task submit`` does, has no owner
-   until a node's driver takes it over at its next scan.
+1. *burst*: ``--burst`` tasks submitted at once (at most ``--concurrency`` in
+   flight). Throughput is tasks / (first submit -> the poll that sees the last one
+   done in the Raft task ledger); the ledger is polled every ``--poll-ms``.
+2. *paced*: tasks submitted at ``--rate`` per second for ``--paced-seconds``,
+   a load the cluster keeps up with, so latency is the protocol's, not a queue's.
 
-Tasks are written the way ``agentmesh task submit`` writes them
-(``agents.driver.submit_open_task``, the ledger's ``create`` transition), with at
-most ``--concurrency`` writes in flight. Every process started is stopped at the
-end (``up`` by SIGTERM, then any node still alive by SIGKILL).
+For each phase the auction latency (a round's call for proposals -> the award
+committed in the ledger, as each manager measures it) and the decision latency
+(call -> decision) are read from the nodes' status: the histograms of every
+node are read before and after the phase and the differences added up, so a
+percentile is a bucket's upper bound (``agents.latency``).
 
-    python scripts/bench_auction.py [--tasks N] [--nodes N] [--concurrency C]
-                                    [--poll-ms MS] [--timeout S] [--json]
+Every process started is stopped at the end (``up`` by SIGTERM, then any node
+still alive by SIGKILL).
+
+    python scripts/bench_auction.py [--nodes N] [--burst N] [--concurrency C]
+                                    [--rate R] [--paced-seconds S] [--json]
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,8 +42,11 @@ import anyio
 
 from agents.contract_net import ledger
 from agents.contract_net.ledger import KEY_PREFIX, LedgerError, TaskState
-from agents.driver import decode_json, submit_open_task
+from agents.driver import decode_json
+from agents.latency import histogram_percentile
+from agents.submission import submit_task
 from mesh.kv_client import KVClient
+from mesh.status import gather_status
 
 
 def _alive(pid: int) -> bool:
@@ -52,98 +57,165 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+async def _histograms(cluster: Path) -> dict[str, dict[str, dict[str, int]]]:
+    """node name -> {"award_ms": histogram, "decision_ms": histogram}."""
+    status = await gather_status(cluster, timeout_s=10.0)
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    for node in status["nodes"]:
+        section = node.get("contract_net") or {}
+        found[str(node.get("name"))] = {
+            name: dict((section.get(name) or {}).get("histogram") or {})
+            for name in ("award_ms", "decision_ms")
+        }
+    return found
 
 
-async def _run(cluster: Path, tasks: int, concurrency: int, poll_s: float,
-               timeout_s: float) -> dict[str, Any]:
-    inputs = {f"b{i:06d}": [i, i + 1, 2] for i in range(tasks)}
-    submitted_at: dict[str, float] = {}
-    done_at: dict[str, float] = {}
-    wrong: list[str] = []
-    failed: list[str] = []
-    async with KVClient.connect(cluster) as kv:
-        limit = anyio.Semaphore(concurrency)
+def _difference(after: dict[str, dict[str, dict[str, int]]],
+                before: dict[str, dict[str, dict[str, int]]], name: str) -> list[dict[str, int]]:
+    differences = []
+    for node, histograms in after.items():
+        earlier = before.get(node, {}).get(name, {})
+        differences.append({edge: count - earlier.get(edge, 0)
+                            for edge, count in histograms[name].items()})
+    return differences
 
-        async def submit(task_id: str) -> None:
-            async with limit:
-                submitted_at[task_id] = time.perf_counter()
-                await submit_open_task(kv, "demo.sum", {"numbers": inputs[task_id]},
-                                       task_id=task_id)
 
-        first_submit = time.perf_counter()
-        deadline = first_submit + timeout_s
-        async with anyio.create_task_group() as tg:
-            for task_id in inputs:
-                tg.start_soon(submit, task_id)
-        submits_done = time.perf_counter()
+def _latency_summary(after: Any, before: Any) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for name, label in (("award_ms", "auction"), ("decision_ms", "decision")):
+        parts = _difference(after, before, name)
+        summary[f"{label}_samples"] = sum(sum(part.values()) for part in parts)
+        for q in (0.5, 0.99):
+            summary[f"{label}_p{round(q * 100)}_ms_at_most"] = histogram_percentile(parts, q)
+    return summary
 
-        polls = 0
-        while len(done_at) + len(failed) < tasks:
-            if time.perf_counter() > deadline:
+
+async def _wait_done(kv: KVClient, expected: dict[str, int], poll_s: float,
+                     deadline: float, prefix: str) -> tuple[float, int, int]:
+    """Poll until every task in ``expected`` (id -> its sum; every id starts with
+    ``prefix``, so only those records are read) is final: (when the last was seen
+    done, done, wrong or failed)."""
+    remaining = dict(expected)
+    wrong = done = 0
+    last_done = time.perf_counter()
+    while remaining and time.perf_counter() < deadline:
+        start_after: str | None = None
+        now = time.perf_counter()
+        while True:
+            items, more = await kv.list(KEY_PREFIX + prefix, limit=1000,
+                                        start_after=start_after)
+            for item in items:
+                try:
+                    record = ledger.decode_record(item.value)
+                except LedgerError:
+                    continue
+                if record.task_id not in remaining or not record.final:
+                    continue
+                want = remaining.pop(record.task_id)
+                if record.state is TaskState.DONE and decode_json(record.result) == {"sum": want}:
+                    done += 1
+                else:
+                    wrong += 1
+                last_done = now
+            if not more or not items:
                 break
-            polls += 1
-            start_after: str | None = None
-            now = time.perf_counter()
-            while True:
-                items, more = await kv.list(KEY_PREFIX, limit=1000, start_after=start_after)
-                for item in items:
-                    try:
-                        record = ledger.decode_record(item.value)
-                    except LedgerError:
-                        continue
-                    tid = record.task_id
-                    if tid not in inputs or tid in done_at or tid in failed:
-                        continue
-                    if record.state is TaskState.DONE:
-                        done_at[tid] = now
-                        if decode_json(record.result) != {"sum": sum(inputs[tid])}:
-                            wrong.append(tid)
-                    elif record.final:
-                        failed.append(tid)
-                if not more or not items:
-                    break
-                start_after = items[-1].key
-            if len(done_at) + len(failed) < tasks:
-                await anyio.sleep(poll_s)
-        last_done = max(done_at.values(), default=time.perf_counter())
+            start_after = items[-1].key
+        if remaining:
+            await anyio.sleep(poll_s)
+    return last_done, done, wrong
 
-    latencies_ms = [(done_at[t] - submitted_at[t]) * 1000 for t in done_at]
-    elapsed = last_done - first_submit
+
+async def _burst(cluster: Path, kv: KVClient, args: argparse.Namespace) -> dict[str, Any]:
+    expected = {f"burst-{i:06d}": i + 3 for i in range(args.burst)}
+    before = await _histograms(cluster)
+    limit = anyio.Semaphore(args.concurrency)
+
+    async def submit(task_id: str) -> None:
+        async with limit:
+            await submit_task(kv, "demo.sum", {"numbers": [expected[task_id] - 3, 1, 2]},
+                              task_id=task_id)
+
+    first = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for task_id in expected:
+            tg.start_soon(submit, task_id)
+    submitted = time.perf_counter()
+    last, done, wrong = await _wait_done(kv, expected, args.poll_ms / 1000,
+                                         first + args.timeout, "burst-")
+    after = await _histograms(cluster)
+    elapsed = last - first
     return {
-        "tasks": tasks,
-        "done": len(done_at),
-        "failed": len(failed),
-        "wrong_results": len(wrong),
-        "unfinished": tasks - len(done_at) - len(failed),
-        "submit_s": round(submits_done - first_submit, 3),
-        "submits_per_s": round(tasks / max(submits_done - first_submit, 1e-9), 1),
+        "tasks": args.burst,
+        "done": done,
+        "wrong_or_failed": wrong,
+        "unfinished": args.burst - done - wrong,
+        "submit_s": round(submitted - first, 3),
         "elapsed_s": round(elapsed, 3),
-        "tasks_per_s": round(len(done_at) / max(elapsed, 1e-9), 1),
-        "latency": "submit_to_done (the ledger records no award time)",
-        "latency_p50_ms": round(_percentile(latencies_ms, 0.5), 1),
-        "latency_p99_ms": round(_percentile(latencies_ms, 0.99), 1),
-        "latency_mean_ms": round(statistics.fmean(latencies_ms), 1) if latencies_ms else None,
-        "poll_ms": round(poll_s * 1000, 1),
-        "polls": polls,
+        "tasks_per_s": round(done / max(elapsed, 1e-9), 1),
+        **_latency_summary(after, before),
     }
+
+
+async def _paced(cluster: Path, kv: KVClient, args: argparse.Namespace) -> dict[str, Any]:
+    count = max(1, round(args.rate * args.paced_seconds))
+    expected = {f"paced-{i:06d}": i + 3 for i in range(count)}
+    before = await _histograms(cluster)
+    interval = 1 / args.rate
+    first = time.perf_counter()
+    submit_ms: list[float] = []
+
+    async def submit(task_id: str) -> None:
+        started = time.perf_counter()
+        await submit_task(kv, "demo.sum", {"numbers": [expected[task_id] - 3, 3]},
+                          task_id=task_id)
+        submit_ms.append((time.perf_counter() - started) * 1000)
+
+    async with anyio.create_task_group() as tg:
+        for number, task_id in enumerate(expected):
+            await anyio.sleep(max(0.0, first + number * interval - time.perf_counter()))
+            tg.start_soon(submit, task_id)
+    last, done, wrong = await _wait_done(kv, expected, args.poll_ms / 1000,
+                                         first + args.paced_seconds + args.timeout, "paced-")
+    after = await _histograms(cluster)
+    ordered = sorted(submit_ms)
+    return {
+        "rate_per_s": args.rate,
+        "tasks": count,
+        "done": done,
+        "wrong_or_failed": wrong,
+        "unfinished": count - done - wrong,
+        "offered_s": round(args.paced_seconds, 3),
+        "finished_after_s": round(last - first, 3),
+        "submit_p50_ms": round(ordered[len(ordered) // 2], 2) if ordered else None,
+        **_latency_summary(after, before),
+    }
+
+
+async def _run(cluster: Path, args: argparse.Namespace) -> dict[str, Any]:
+    async with KVClient.connect(cluster) as kv:
+        # Warm up: every node's connections, adverts and leases in place.
+        for number in range(args.nodes * 2):
+            await submit_task(kv, "demo.sum", {"numbers": [number]}, task_id=f"warm-{number}")
+        await _wait_done(kv, {f"warm-{n}": n for n in range(args.nodes * 2)}, 0.05,
+                         time.perf_counter() + 60, "warm-")
+        burst = await _burst(cluster, kv, args)
+        paced = await _paced(cluster, kv, args) if args.rate > 0 else None
+    return {"burst": burst, "paced": paced}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--nodes", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=64,
-                        help="submissions in flight at once (default 64)")
-    parser.add_argument("--poll-ms", type=float, default=20.0,
-                        help="ledger poll interval (default 20)")
+    parser.add_argument("--burst", type=int, default=1000, help="tasks in the burst phase")
+    parser.add_argument("--concurrency", type=int, default=128,
+                        help="burst submissions in flight at once (default 128)")
+    parser.add_argument("--rate", type=float, default=100.0,
+                        help="paced phase: tasks per second (0 skips the phase)")
+    parser.add_argument("--paced-seconds", type=float, default=10.0)
+    parser.add_argument("--poll-ms", type=float, default=100.0,
+                        help="ledger poll interval (default 100)")
     parser.add_argument("--timeout", type=float, default=120.0,
-                        help="seconds to wait for every task (default 120)")
+                        help="seconds to wait for a phase's tasks (default 120)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
@@ -166,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("up ended before the cluster ran:\n" + "".join(lines), file=sys.stderr)
                 return 2
             pids = [n["pid"] for n in json.loads((cluster / "cluster.json").read_text())["nodes"]]
-            result = anyio.run(_run, cluster, args.tasks, args.concurrency,
-                               args.poll_ms / 1000, args.timeout)
+            phases = anyio.run(_run, cluster, args)
         finally:
             if up.poll() is None:
                 up.send_signal(signal.SIGTERM)
@@ -182,13 +253,19 @@ def main(argv: list[str] | None = None) -> int:
             if up.stdout is not None:
                 up.stdout.close()
 
-    result = {"nodes": args.nodes, "concurrency": args.concurrency, **result}
+    result = {
+        "nodes": args.nodes,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "poll_ms": args.poll_ms,
+        **phases,
+    }
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        for key, value in result.items():
-            print(f"{key:16} {value}")
-    ok = result["done"] == args.tasks and not result["wrong_results"]
+        print(json.dumps(result, indent=2, sort_keys=True))
+    ok = all(phase is None or (phase["unfinished"] == 0 and phase["wrong_or_failed"] == 0)
+             for phase in (phases["burst"], phases["paced"]))
     return 0 if ok else 1
 
 

@@ -111,6 +111,10 @@ class FakeNode:
         self.gossip = FakeGossip(fail)
 
 
+FOUR = DemoSettings(concurrency_max=4)
+"""Demo agents with four slots each, as some tests count them."""
+
+
 def host_of(*agents: Agent, **settings: Any) -> AgentHost:
     return AgentHost(FakeNode(), agents, settings=HostSettings(**settings))
 
@@ -209,8 +213,9 @@ def test_demo_agents_and_spec_parsing() -> None:
     assert names == ["demo.wordcount", "demo.sum", "demo.sleep"]
     assert [a.name for a in parse_agents_spec(" demo ")] == names
     assert [a.name for a in parse_agents_spec("agents.demo:demo_agents")] == names
-    small = parse_agents_spec("demo", demo_settings=DemoSettings(concurrency_max=2))
-    assert all(a.concurrency_max == 2 for a in small)
+    small = parse_agents_spec("demo", demo_settings=DemoSettings(concurrency_max=2,
+                                                                 sleep_concurrency_max=3))
+    assert [a.concurrency_max for a in small] == [2, 2, 3]
 
 
 @pytest.mark.parametrize(
@@ -275,8 +280,8 @@ async def test_host_runs_a_task_and_normalises_its_output() -> None:
 
 async def test_host_tracks_load_and_refuses_beyond_the_concurrency_limit() -> None:
     gate = Gate(concurrency_max=2)
-    host = host_of(gate, WordCountAgent())
-    assert (host.load, host.limit) == (0, 2 + 4)
+    host = host_of(gate, WordCountAgent(FOUR), queue_per_slot=0)
+    assert (host.load, host.limit, host.admit_limit) == (0, 2 + 4, 2 + 4)
     outcomes: list[Any] = []
 
     async def one() -> None:
@@ -289,7 +294,7 @@ async def test_host_tracks_load_and_refuses_beyond_the_concurrency_limit() -> No
         assert host.load == 2 and host.running("gate") == 2
         busy = await host.run_task("gate", {})
         assert busy == TaskFailure(FailureCause.BUSY, "every agent offering 'gate' is at its "
-                                   "concurrency limit")
+                                   "concurrency limit and its queue is full")
         # Another capability still has room.
         assert await host.run_task("demo.wordcount", {"text": "a b"}) == TaskDone(
             "demo.wordcount", {"words": 2})
@@ -297,6 +302,40 @@ async def test_host_tracks_load_and_refuses_beyond_the_concurrency_limit() -> No
     assert outcomes == [TaskDone("gate", {"ok": True, "by": "gate"})] * 2
     assert host.load == 0 and host.counters["failed_busy"] == 1
     assert host.counters["tasks_started"] == 3
+
+
+async def test_tasks_beyond_the_slots_wait_in_a_bounded_queue() -> None:
+    gate = Gate(concurrency_max=1)
+    host = host_of(gate, queue_per_slot=1)
+    assert host.admit_limit == 2
+    outcomes: list[Any] = []
+
+    async def one() -> None:
+        outcomes.append(await host.run_task("gate", {}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one)
+        await until(lambda: gate.entered == 1)
+        tg.start_soon(one)  # waits for the slot
+        await until(lambda: host.counters["tasks_queued"] == 1)
+        busy = await host.run_task("gate", {})  # slot and queue place taken
+        assert busy.cause is FailureCause.BUSY  # type: ignore[union-attr]
+        gate.release.set()  # the first ends, the waiting one takes the slot
+    assert outcomes == [TaskDone("gate", {"ok": True, "by": "gate"})] * 2
+    assert gate.entered == 2 and host.load == 0
+    assert host.counters["tasks_started"] == 2 and host.counters["failed_busy"] == 1
+
+
+async def test_a_task_waiting_for_a_slot_times_out() -> None:
+    gate = Gate(concurrency_max=1)
+    host = host_of(gate, queue_per_slot=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(host.run_task, "gate", {})
+        await until(lambda: gate.entered == 1)
+        waited = await host.run_task("gate", {}, timeout_s=0.05)
+        assert waited == TaskFailure(FailureCause.TIMEOUT, "no gate slot came free within 0.05 s")
+        gate.release.set()
+    assert gate.entered == 1
 
 
 async def test_host_picks_the_agent_with_most_free_slots() -> None:
@@ -409,19 +448,36 @@ def _cfp(capability: str, task_id: str = "t1") -> CallForProposals:
     return CallForProposals(task_id=task_id, epoch=1, capability=capability, bid_window_ms=100)
 
 
-async def test_the_estimator_quotes_through_a_free_agent_and_declines_otherwise() -> None:
+async def test_the_estimator_quotes_an_able_agent_and_has_room_says_whether_it_is_free() -> None:
     gate = Gate(concurrency_max=1)
-    host = host_of(gate, SleepAgent(DemoSettings(sleep_seconds_max=2.0)))
+    host = host_of(gate, SleepAgent(DemoSettings(sleep_seconds_max=2.0)), queue_per_slot=0)
     estimator = estimator_for(host)
     quote = estimator(_cfp("demo.sleep"))
     assert quote is not None and quote.duration_s == 2.0
     assert estimator(_cfp("demo.nothing")) is None
+    assert not host.has_room({}, "demo.nothing")
     assert estimator(_cfp("gate")) is not None
+    assert host.has_room({}, "gate")
+    assert not host.has_room({"gate": 1}, "gate")  # one slot, promised already
+    assert host.has_room({"gate": 1}, "demo.sleep")  # another agent's slots
     async with anyio.create_task_group() as tg:
         tg.start_soon(host.run_task, "gate", {})
         await until(lambda: gate.entered == 1)
-        assert estimator(_cfp("gate")) is None  # at its limit: decline the bid
+        assert estimator(_cfp("gate")) is not None  # a quote; room is has_room's call
         gate.release.set()
+
+
+def test_has_room_counts_each_agents_slots_and_shared_capabilities() -> None:
+    both = Gate(name="both", capabilities=["x", "y"], concurrency_max=2)
+    only_x = Gate(name="only-x", capabilities=["x"], concurrency_max=1)
+    host = host_of(both, only_x, queue_per_slot=0)
+    assert host.has_room({"x": 2}, "y")  # x fills only-x first, then one slot of both
+    assert not host.has_room({"x": 3}, "y")
+    assert not host.has_room({"x": 2, "y": 1}, "x")
+    assert host.has_room({"y": 1}, "x") and not host.has_room({"y": 1, "x": 2}, "y")
+    assert host.has_room({"z": 5}, "x")  # held tasks of no capability here take no slot
+    queued = host_of(both, only_x, queue_per_slot=1)  # twice the places
+    assert queued.has_room({"x": 3, "y": 2}, "x") and not queued.has_room({"x": 4, "y": 2}, "x")
 
 
 def test_a_contractor_bids_only_for_the_hosts_capabilities() -> None:
@@ -464,7 +520,7 @@ async def advertising(host: AgentHost) -> AsyncIterator[None]:
 async def test_the_advert_follows_the_load_and_coalesces_bursts() -> None:
     gate = Gate(concurrency_max=3)
     node = FakeNode()
-    host = AgentHost(node, [gate, WordCountAgent()],
+    host = AgentHost(node, [gate, WordCountAgent(FOUR)],
                      settings=HostSettings(publish_interval_s=0.3))
     key = advert_key(node.node_id)
     idle = {"capabilities": ["demo.wordcount", "gate"], "load": 0, "limit": 7,
@@ -582,7 +638,7 @@ async def test_another_node_sees_the_capabilities_and_load_through_gossip() -> N
                     await next_advert(changes, key, lambda c: c.value and c.value["load"] == 1)
                     listing = capabilities_of(second.gossip.items("agents/"), "demo.hold",
                                               free_only=True)
-                    assert listing.nodes[0].load == 1 and listing.nodes[0].free == 12
+                    assert listing.nodes[0].load == 1 and listing.nodes[0].free == host.limit - 1
                     gate.release.set()
                     await next_advert(changes, key, lambda c: c.value and c.value["load"] == 0)
                 # The host stopped: its advert is withdrawn everywhere.

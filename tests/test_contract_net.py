@@ -9,7 +9,7 @@ tiny loop, with ticks in between.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +27,7 @@ from agents.contract_net.events import (
     StartTask,
 )
 from agents.contract_net.ledger import (
+    BidRecord,
     LedgerError,
     Refusal,
     RefusalReason,
@@ -43,13 +44,17 @@ from agents.contract_net.messages import (
     FAILURE,
     INFORM,
     MESSAGE_KINDS,
+    PROGRESS,
     PROPOSE,
+    QUERY,
     REFUSE,
     REJECT,
     AcceptProposal,
     CallForProposals,
     Failure,
     InformResult,
+    Progress,
+    ProgressQuery,
     Propose,
     Refuse,
     RejectProposal,
@@ -143,7 +148,8 @@ def propose(task_id: str = "t1", epoch: int = 1, round: int = 1, cost: float = 1
 
 def test_every_kind_maps_to_its_model() -> None:
     assert MESSAGE_KINDS[CFP] is CallForProposals
-    assert set(MESSAGE_KINDS) == {CFP, PROPOSE, REFUSE, ACCEPT, REJECT, INFORM, FAILURE}
+    assert set(MESSAGE_KINDS) == {CFP, PROPOSE, REFUSE, ACCEPT, REJECT, INFORM, FAILURE,
+                                  QUERY, PROGRESS}
     assert all(kind.startswith("cnet.") for kind in MESSAGE_KINDS)
 
 
@@ -267,7 +273,8 @@ def test_record_bytes_round_trip_and_are_canonical() -> None:
     [
         (b"\xc1", "not valid msgpack"),
         (encode_record(record())[:-1], "not valid msgpack"),
-        (b"\x90", "list of 14 items"),
+        (b"\x90", "must be a list"),
+        (b"\x91\x02", "format 2 task record has 15 items"),
         ("text", "must be bytes"),
     ],
 )
@@ -276,17 +283,34 @@ def test_bad_record_bytes_name_the_fault(data: bytes, message: str) -> None:
         decode_record(data)
 
 
+def test_an_award_keeps_its_bids_and_format_1_records_still_read() -> None:
+    import msgpack
+
+    bids = (BidRecord(B, 1.0, 2.0, 0.25, 0.9), BidRecord(A, 3.0, 2.0, 0.0, 1.0))
+    step = ledger.award(record(), 1, epoch=1, contractor=B, lease_id=7, bids=bids)
+    assert isinstance(step, Transition)
+    assert decode_record(encode_record(step.record)).bids == bids
+    old = msgpack.unpackb(encode_record(record()))[:14]
+    old[0] = 1
+    assert decode_record(msgpack.packb(old, use_bin_type=True)) == record()
+
+
 def test_bad_record_fields_name_the_fault() -> None:
     import msgpack
 
     good = msgpack.unpackb(encode_record(record()))
     for position, value, message in [
-        (0, 2, "format"),
+        (0, 3, "format"),
+        (0, 1, "format 1 task record has 14 items"),
         (4, "sleeping", "unknown task state"),
         (5, 0, "epoch"),
         (1, "", "task_id must not be empty"),
         (8, 9, "attempts"),
         (13, "x", "failure_reasons"),
+        (14, "x", "bids must be a list"),
+        (14, [[A, 1.0, 1.0, 0.0]], "a bid must be a list of 5"),
+        (14, [[A, -1.0, 1.0, 0.0, 1.0]], "bid cost"),
+        (14, [[A, 1.0, 1.0, 0.0, 1.0]] * 65, "at most 64"),
     ]:
         items = list(good)
         items[position] = value
@@ -555,17 +579,20 @@ def test_decides_at_the_deadline_with_the_bids_it_has() -> None:
     assert manager.counters["messages_stale"] == 1
 
 
-def test_committed_award_accepts_the_winner_and_rejects_the_rest() -> None:
+def test_the_decision_rejects_the_losers_and_the_commit_accepts_the_winner() -> None:
     manager = started()
     manager.take_outbox()
     for node, cost in ((A, 2.0), (B, 1.0), (C, 3.0)):
         manager.step(Incoming(node, PROPOSE, propose(cost=cost)))
     manager.take_events()
+    # The losers' slots free up while the award is written.
+    assert kinds_to(manager.take_outbox()) == [(REJECT, A), (REJECT, C)]
     assert not manager.award_committed("t1", 2, True)  # wrong epoch
     assert manager.award_committed("t1", 1, True, lease_id=44)
     out = manager.take_outbox()
-    assert kinds_to(out) == [(ACCEPT, B), (REJECT, A), (REJECT, C)]
-    assert out[0].payloads[0] == AcceptProposal(task_id="t1", epoch=1, lease_id=44)
+    assert kinds_to(out) == [(ACCEPT, B)]
+    assert out[0].payloads[0] == AcceptProposal(task_id="t1", epoch=1, lease_id=44,
+                                                input=b"text")  # the winner needs no read
     assert manager.phase("t1") is AuctionPhase.RUNNING
     assert manager.counters["commits_unexpected"] == 1
 
@@ -576,7 +603,7 @@ def test_lost_award_rejects_everyone() -> None:
     manager.step(Incoming(A, PROPOSE, propose()))
     manager.step(Incoming(B, PROPOSE, propose()))
     assert manager.award_committed("t1", 1, False)
-    assert kinds_to(manager.take_outbox()) == [(REJECT, A), (REJECT, B)]
+    assert kinds_to(manager.take_outbox()) == [(REJECT, B), (REJECT, A)]
     assert manager.phase("t1") is None
 
 
@@ -594,6 +621,84 @@ def test_results_from_the_winner_reach_the_driver() -> None:
     assert manager.counters["messages_uninvited"] == 1
     assert manager.counters["messages_stale"] == 1
     assert len(manager) == 0
+
+
+def awarded_to_a(**overrides: object) -> Manager:
+    manager = started((A, B), progress_check_s=1.0, progress_unanswered_max=2, **overrides)
+    manager.step(Incoming(A, PROPOSE, propose()))
+    manager.step(Incoming(B, PROPOSE, propose(cost=9.0)))
+    manager.award_committed("t1", 1, True)
+    manager.take_events()
+    manager.take_outbox()
+    return manager
+
+
+def test_a_running_award_is_queried_and_a_busy_winner_keeps_it() -> None:
+    manager = awarded_to_a()
+    manager.tick(0.9)
+    assert manager.take_outbox() == []
+    for now in (1.0, 2.0, 3.0):  # answered every time: never given up
+        manager.tick(now)
+        [query] = manager.take_outbox()
+        assert query.kind == QUERY and query.to_node == A
+        assert query.payloads[0] == ProgressQuery(task_id="t1", epoch=1)
+        manager.step(Incoming(A, PROGRESS, Progress(task_id="t1", epoch=1, running=True)))
+    assert manager.take_events() == [] and manager.phase("t1") is AuctionPhase.RUNNING
+    manager.step(Incoming(B, PROGRESS, Progress(task_id="t1", epoch=1, running=False)))
+    assert manager.counters["messages_uninvited"] == 1 and manager.take_events() == []
+
+
+def test_a_winner_without_the_award_or_silent_ends_the_attempt() -> None:
+    manager = awarded_to_a()
+    manager.tick(1.0)
+    manager.step(Incoming(A, PROGRESS, Progress(task_id="t1", epoch=1, running=False)))
+    assert manager.take_events() == [
+        FailureReported("t1", 1, A, "the contractor does not hold the award")]
+    assert manager.phase("t1") is None
+    silent = awarded_to_a()
+    for now in (1.0, 2.0, 3.0):
+        silent.tick(now)
+    assert silent.take_events() == [FailureReported("t1", 1, A, "no answer to 2 progress "
+                                                                "queries")]
+    assert silent.counters["queries_sent"] == 2 and silent.counters["awards_dropped"] == 1
+
+
+def test_an_adopted_award_is_watched_and_its_result_reported() -> None:
+    manager = Manager(node_id=M, settings=ManagerSettings(progress_check_s=1.0))
+    awarded = TaskRecord("t1", "summarize", b"text", TaskState.AWARDED, 2, contractor=A,
+                         lease_id=5)
+    assert manager.adopt(awarded, 10.0)
+    assert not manager.adopt(awarded, 10.0)  # already watched
+    assert not manager.adopt(record("t2"), 10.0)  # open, not awarded
+    manager.tick(11.0)
+    [query] = manager.take_outbox()
+    assert query.payloads[0] == ProgressQuery(task_id="t1", epoch=2)
+    manager.step(Incoming(A, INFORM, InformResult(task_id="t1", epoch=2, result=b"42")))
+    assert manager.take_events() == [ResultReported("t1", 2, A, b"42", None, None)]
+
+
+def test_a_contractor_answers_queries_from_what_it_holds() -> None:
+    worker = contractor(results_kept_max=1)
+    for task in ("t1", "t2"):
+        worker.step(Incoming(M, CFP, cfp(task)))
+        worker.step(Incoming(M, ACCEPT, AcceptProposal(task_id=task, epoch=1)))
+    worker.take_outbox()
+    worker.step(Incoming(B, QUERY, ProgressQuery(task_id="t1", epoch=1)))  # a new manager
+    [running] = worker.take_outbox()
+    assert running.to_node == B and running.payloads[0] == Progress(task_id="t1", epoch=1,
+                                                                   running=True)
+    assert worker.task_finished("t1", 1, result=b"one")
+    assert worker.task_finished("t2", 1, result=b"two")
+    worker.take_outbox()
+    worker.step(Incoming(B, QUERY, ProgressQuery(task_id="t2", epoch=1)))
+    [again] = worker.take_outbox()  # finished: the result once more
+    assert again.kind == INFORM and again.to_node == B and again.payloads[0].result == b"two"
+    worker.step(Incoming(B, QUERY, ProgressQuery(task_id="t1", epoch=1)))  # forgotten: 1 kept
+    worker.step(Incoming(B, QUERY, ProgressQuery(task_id="t9", epoch=1)))  # never held
+    assert [o.payloads[0] for o in worker.take_outbox()] == [
+        Progress(task_id="t1", epoch=1, running=False),
+        Progress(task_id="t9", epoch=1, running=False)]
+    assert worker.counters["results_resent"] == 1 and worker.counters["queries_received"] == 4
 
 
 def test_failure_from_the_winner_reaches_the_driver() -> None:
@@ -625,6 +730,73 @@ def test_no_bids_backs_off_then_gives_up() -> None:
     manager.tick(5.0)
     assert manager.take_events() == [NoBids("t1", 1, 3)]
     assert manager.phase("t1") is None
+
+
+def test_busy_refusals_queue_the_task_instead_of_using_up_rounds() -> None:
+    manager = started((A, B), no_bid_rounds_max=1, bid_window_s=1.0, busy_backoff_s=0.5,
+                      busy_backoff_max_s=1.0, busy_wait_max_s=10.0)
+    manager.take_outbox()
+    busy_round = 1
+
+    def refuse_round(now: float) -> None:
+        manager.step(Incoming(A, REFUSE, Refuse(task_id="t1", epoch=1, round=busy_round,
+                                                reason="busy", busy=True)))
+        manager.step(Incoming(B, REFUSE, Refuse(task_id="t1", epoch=1, round=busy_round,
+                                                reason="no capability summarize")))
+        assert manager.phase("t1") is AuctionPhase.BACKOFF, now
+
+    refuse_round(0.0)
+    manager.tick(0.49)
+    assert manager.take_outbox() == []
+    manager.tick(0.5)  # first busy wait: busy_backoff_s
+    assert len(manager.take_outbox()) == 2
+    busy_round = 2
+    refuse_round(0.5)
+    manager.tick(1.5)  # doubled, and capped at busy_backoff_max_s
+    assert len(manager.take_outbox()) == 2
+    busy_round = 3
+    refuse_round(1.5)
+    assert manager.take_events() == []  # three rounds with no bid, rounds_max 1: still queued
+    manager.tick(2.5)
+    manager.take_outbox()
+    manager.step(Incoming(A, PROPOSE, propose(round=4)))  # a slot came free
+    manager.step(Incoming(B, REFUSE, Refuse(task_id="t1", epoch=1, round=4)))
+    [decision] = manager.take_events()
+    assert isinstance(decision, AwardDecision) and decision.winner.node_id == A
+    assert manager.counters["rounds_busy"] == 3
+    assert manager.counters["auctions_given_up"] == 0
+
+
+def test_a_task_busy_for_longer_than_busy_wait_max_gives_up() -> None:
+    manager = started((A,), bid_window_s=1.0, busy_backoff_s=1.0, busy_backoff_max_s=1.0,
+                      busy_wait_max_s=3.0)
+    now = 0.0
+    events: list[object] = []
+    for busy_round in range(1, 10):
+        manager.take_outbox()
+        manager.step(Incoming(A, REFUSE, Refuse(task_id="t1", epoch=1, round=busy_round,
+                                                reason="busy", busy=True)))
+        events = manager.take_events()
+        if events:
+            break
+        now += 1.0
+        manager.tick(now)
+    assert events == [NoBids("t1", 1, 3, busy=True)]
+    assert manager.phase("t1") is None
+
+
+def test_a_round_without_busy_refusals_counts_as_empty_again() -> None:
+    manager = started((A,), no_bid_rounds_max=2, bid_window_s=1.0, no_bid_backoff_s=1.0,
+                      busy_backoff_s=0.5)
+    manager.take_outbox()
+    manager.step(Incoming(A, REFUSE, Refuse(task_id="t1", epoch=1, reason="busy", busy=True)))
+    manager.tick(0.5)
+    manager.take_outbox()
+    manager.step(Incoming(A, REFUSE, Refuse(task_id="t1", epoch=1, round=2)))  # declined
+    manager.tick(1.5)
+    manager.take_outbox()
+    manager.step(Incoming(A, REFUSE, Refuse(task_id="t1", epoch=1, round=3)))
+    assert manager.take_events() == [NoBids("t1", 1, 2)]
 
 
 def test_no_candidates_is_an_empty_round() -> None:
@@ -703,6 +875,30 @@ def cfp(task_id: str = "t1", epoch: int = 1, capability: str = "summarize") -> C
     )
 
 
+def test_the_room_check_sees_held_tasks_per_capability_and_refuses_busy() -> None:
+    seen: list[dict[str, int]] = []
+
+    def room(held: Mapping[str, int], capability: str) -> bool:
+        seen.append(dict(held))
+        return held.get(capability, 0) < 1  # one slot per capability
+
+    worker = Contractor(node_id=A, capabilities={"summarize", "translate"}, room=room,
+                        settings=ContractorSettings(tasks_running_max=8))
+    worker.step(Incoming(M, CFP, cfp("t1")))
+    worker.step(Incoming(M, ACCEPT, AcceptProposal(task_id="t1", epoch=1)))
+    worker.step(Incoming(M, CFP, cfp("t2")))  # summarize's slot runs t1
+    worker.step(Incoming(M, CFP, cfp("t3", capability="translate")))
+    worker.step(Incoming(M, CFP, cfp("t4", capability="translate")))  # t3's bid holds it
+    kinds = [(out.kind, out.payloads[0].task_id) for out in worker.take_outbox()]
+    assert kinds == [(PROPOSE, "t1"), (REFUSE, "t2"), (PROPOSE, "t3"), (REFUSE, "t4")]
+    assert seen[-1] == {"summarize": 1, "translate": 1}
+    worker.step(Incoming(M, REJECT, RejectProposal(task_id="t3", epoch=1)))
+    worker.step(Incoming(M, CFP, cfp("t4", capability="translate")))
+    [bid] = worker.take_outbox()
+    assert bid.kind == PROPOSE
+    assert worker.counters["refused_busy"] == 2
+
+
 def test_contractor_bids_with_its_estimate_and_load() -> None:
     worker = contractor(tasks_running_max=2)
     worker.step(Incoming(M, CFP, cfp("t1")))
@@ -713,7 +909,8 @@ def test_contractor_bids_with_its_estimate_and_load() -> None:
     assert second.load == 0.5
     worker.step(Incoming(M, CFP, cfp("t3")))  # both slots spoken for
     [busy] = worker.take_outbox()
-    assert busy.kind == REFUSE and busy.payloads[0] == Refuse(task_id="t3", epoch=1, reason="busy")
+    assert busy.kind == REFUSE
+    assert busy.payloads[0] == Refuse(task_id="t3", epoch=1, reason="busy", busy=True)
 
 
 def test_contractor_refuses_without_the_capability_or_when_declining() -> None:

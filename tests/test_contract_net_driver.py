@@ -136,7 +136,7 @@ async def test_an_open_task_written_to_the_ledger_is_taken_over_and_done(
     async with mesh(tmp_path, [[SumAgent()], [WordCountAgent()], [SleepAgent()]]) as m:
         record = await submit_open_task(m.nodes[2].kv, "demo.sum", {"numbers": [4, 5]})
         done = await m.drivers[2].wait(record.task_id, 30)
-        assert done.state is TaskState.DONE
+        assert done.state is TaskState.DONE, done
         assert decode_json(done.result) == {"sum": 9}
         assert sum(d.counters["takeovers"] for d in m.drivers) >= 1
 

@@ -9,7 +9,13 @@ cores, ``events`` what they ask of their driver, ``settings`` their limits.
 No I/O, clock or global randomness anywhere here.
 """
 
-from agents.contract_net.contractor import Contractor, Estimate, Estimator, fixed_estimator
+from agents.contract_net.contractor import (
+    Contractor,
+    Estimate,
+    Estimator,
+    RoomCheck,
+    fixed_estimator,
+)
 from agents.contract_net.events import (
     AwardDecision,
     FailureReported,
@@ -56,6 +62,7 @@ __all__ = [
     "Refusal",
     "RefusalReason",
     "ResultReported",
+    "RoomCheck",
     "ScoreFunction",
     "ScoringWeights",
     "StartTask",

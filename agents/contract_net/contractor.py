@@ -6,13 +6,23 @@ A ``cnet.cfp`` is answered at once:
 
 - ``cnet.refuse`` when this node lacks the capability, when its running tasks plus
   outstanding bids reach ``tasks_running_max`` (or ``offers_max``), when the
-  estimator declines, or when it already runs that task epoch;
+  optional ``room`` check says the agents able to do this capability have no
+  place left for it (it is given the tasks held per capability, running or bid
+  on), when the estimator declines, or when it already runs that task epoch. A
+  refusal for lack of a place is marked ``busy``;
 - otherwise ``cnet.propose`` with the estimator's cost, duration and confidence
   and the current load, (running + outstanding bids) / ``tasks_running_max``.
   The bid is remembered as an *offer* until the bid window plus
-  ``award_grace_s`` has passed (counted from the latest ``tick``), and counts
-  against the concurrency limit meanwhile, so winning every bid never
-  overcommits the node.
+  ``award_grace_s`` has passed (counted from the latest ``tick``), or the
+  manager rejects it, and counts against the limits meanwhile, so winning every
+  bid never overcommits the node. (Managers reject the losing bids as soon as
+  they decide, so a bid holds its place for about one round trip.)
+
+A manager's ``cnet.query`` about an award is answered with
+``cnet.progress(running=True)`` while the task runs, with the result again when
+it finished (the last ``results_kept_max`` results are kept), and with
+``running=False`` when this node does not hold that award (its accept was lost):
+the manager then gives the attempt up.
 
 ``cnet.accept`` from the manager an offer was made to turns the offer into a
 running task and emits ``StartTask`` for the driver; an accept for an offer
@@ -41,7 +51,9 @@ from agents.contract_net.messages import (
     CFP,
     FAILURE,
     INFORM,
+    PROGRESS,
     PROPOSE,
+    QUERY,
     REASON_CHARS_MAX,
     REFUSE,
     REJECT,
@@ -49,6 +61,8 @@ from agents.contract_net.messages import (
     CallForProposals,
     Failure,
     InformResult,
+    Progress,
+    ProgressQuery,
     Propose,
     Refuse,
     RejectProposal,
@@ -62,11 +76,13 @@ __all__ = [
     "Contractor",
     "Estimate",
     "Estimator",
+    "RoomCheck",
     "fixed_estimator",
 ]
 
 CONTRACTOR_MESSAGE_KINDS: Mapping[str, type[BaseModel]] = MappingProxyType(
-    {CFP: CallForProposals, ACCEPT: AcceptProposal, REJECT: RejectProposal}
+    {CFP: CallForProposals, ACCEPT: AcceptProposal, REJECT: RejectProposal,
+     QUERY: ProgressQuery}
 )
 """The kinds the contractor consumes."""
 
@@ -75,7 +91,9 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
         "cfps_received": "calls for proposals received",
         "proposals_sent": "bids sent",
         "refused_capability": "refusals: the capability is not offered here",
-        "refused_busy": "refusals: running tasks plus bids at tasks_running_max or offers_max",
+        "queries_received": "progress queries from managers",
+        "results_resent": "queries about a finished task answered with its result again",
+        "refused_busy": "refusals: tasks_running_max, offers_max or the room check reached",
         "refused_declined": "refusals: the estimator declined the task",
         "refused_running": "refusals: that task epoch already runs here",
         "offers_expired": "bids forgotten after their window plus award_grace_s",
@@ -106,6 +124,11 @@ class Estimate:
 Estimator = Callable[[CallForProposals], Estimate | None]
 """Quotes a CFP, or declines it with None. Must be pure and quick (it runs inline)."""
 
+RoomCheck = Callable[[Mapping[str, int], str], bool]
+"""``room(held, capability)``: whether one more task of ``capability`` fits beside
+``held`` (tasks running or bid on, per capability). Pure and quick, like the
+estimator; ``AgentHost.has_room`` is one, for agents with their own limits."""
+
 
 def fixed_estimator(estimate: Estimate) -> Estimator:
     """An estimator quoting ``estimate`` for every task."""
@@ -125,6 +148,7 @@ class _Offer:
 @dataclass(frozen=True, slots=True)
 class _Running:
     manager: bytes
+    capability: str
 
 
 class Contractor:
@@ -137,15 +161,20 @@ class Contractor:
         capabilities: Iterable[str],
         settings: ContractorSettings | None = None,
         estimator: Estimator | None = None,
+        room: RoomCheck | None = None,
         now: float = 0.0,
     ) -> None:
         self._node_id = node_id
         self._capabilities = frozenset(capabilities)
         self._settings = settings if settings is not None else ContractorSettings()
         self._estimator = estimator or fixed_estimator(Estimate(cost=1.0, duration_s=1.0))
+        self._room = room
+        self._lease_id: int | None = None
         self._now = now
         self._offers: dict[_TaskKey, _Offer] = {}
         self._running: dict[_TaskKey, _Running] = {}
+        self._results: dict[_TaskKey, InformResult] = {}  # the newest last
+        self._results_bytes = 0
         self._outbox: list[Outgoing] = []
         self._events: list[ContractorEvent] = []
         self._counters = dict.fromkeys(COUNTERS, 0)
@@ -172,9 +201,24 @@ class Contractor:
         self._capabilities = frozenset(capabilities)
 
     @property
+    def lease_id(self) -> int | None:
+        """The lease offered with every bid (see ``set_lease``)."""
+        return self._lease_id
+
+    def set_lease(self, lease_id: int | None) -> None:
+        """Offer ``lease_id`` with bids from now on: a KV lease the driver keeps alive
+        while this node is up, under which a manager may record the award (None:
+        offer none)."""
+        self._lease_id = lease_id
+
+    @property
     def running(self) -> list[tuple[str, int]]:
         """(task id, epoch) of the running tasks, in the order they started."""
         return list(self._running)
+
+    def holds(self, task_id: str, epoch: int) -> bool:
+        """Whether the task epoch runs here (accepted, not yet reported)."""
+        return (task_id, epoch) in self._running
 
     @property
     def offers(self) -> int:
@@ -200,6 +244,8 @@ class Contractor:
             self._on_accept(message.sender, payload)
         elif isinstance(payload, RejectProposal):
             self._on_reject(message.sender, payload)
+        elif isinstance(payload, ProgressQuery):
+            self._on_query(message.sender, payload)
         else:
             self._counters["messages_unexpected"] += 1
 
@@ -242,7 +288,32 @@ class Contractor:
         del self._running[(task_id, epoch)]
         self._counters["results_sent"] += 1
         self._outbox.append(Outgoing(INFORM, (inform,), to_node=running.manager))
+        self._keep_result((task_id, epoch), inform)
         return True
+
+    def _keep_result(self, key: _TaskKey, inform: InformResult) -> None:
+        size = len(inform.result or b"") + len(inform.digest or b"") + len(inform.location or "")
+        if size > self._settings.results_kept_bytes_max:
+            return
+        self._results[key] = inform
+        self._results_bytes += size
+        while (len(self._results) > self._settings.results_kept_max
+               or self._results_bytes > self._settings.results_kept_bytes_max):
+            oldest = self._results.pop(next(iter(self._results)))
+            self._results_bytes -= (len(oldest.result or b"") + len(oldest.digest or b"")
+                                    + len(oldest.location or ""))
+
+    def _on_query(self, manager: bytes, query: ProgressQuery) -> None:
+        key = (query.task_id, query.epoch)
+        self._counters["queries_received"] += 1
+        result = self._results.get(key)
+        if result is not None:
+            self._counters["results_resent"] += 1
+            self._outbox.append(Outgoing(INFORM, (result,), to_node=manager))
+            return
+        progress = Progress(task_id=query.task_id, epoch=query.epoch,
+                            running=key in self._running)
+        self._outbox.append(Outgoing(PROGRESS, (progress,), to_node=manager))
 
     def task_failed(self, task_id: str, epoch: int, reason: str) -> bool:
         """The task could not be done: tell the manager. False (counted) if not running."""
@@ -265,7 +336,7 @@ class Contractor:
             if estimate is None:
                 self._counters["refused_declined"] += 1
         if estimate is None:
-            self._refuse(manager, cfp, reason or "declined")
+            self._refuse(manager, cfp, reason or "declined", busy=reason == "busy")
             return
         held = len(self._running) + len(self._offers) - (key in self._offers)
         try:
@@ -277,6 +348,7 @@ class Contractor:
                 duration_s=estimate.duration_s,
                 load=held / self._settings.tasks_running_max,
                 confidence=estimate.confidence,
+                lease_id=self._lease_id,
             )
         except ValidationError:  # the estimator quoted a negative or infinite number
             self._counters["refused_declined"] += 1
@@ -303,7 +375,18 @@ class Contractor:
         ):
             self._counters["refused_busy"] += 1
             return "busy"
+        if self._room is not None and not self._room(self._held_by_capability(), cfp.capability):
+            self._counters["refused_busy"] += 1
+            return "busy"
         return None
+
+    def _held_by_capability(self) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for offer in self._offers.values():
+            held[offer.cfp.capability] = held.get(offer.cfp.capability, 0) + 1
+        for running in self._running.values():
+            held[running.capability] = held.get(running.capability, 0) + 1
+        return held
 
     def _on_accept(self, manager: bytes, accept: AcceptProposal) -> None:
         key = (accept.task_id, accept.epoch)
@@ -316,7 +399,7 @@ class Contractor:
             self._send_failure(manager, accept.task_id, accept.epoch, "no bid held for this award")
             return
         del self._offers[key]
-        self._running[key] = _Running(manager)
+        self._running[key] = _Running(manager, offer.cfp.capability)
         self._counters["accepts_received"] += 1
         cfp = offer.cfp
         self._events.append(
@@ -328,6 +411,7 @@ class Contractor:
                 capability=cfp.capability,
                 input_summary=cfp.input_summary,
                 constraints=MappingProxyType(dict(cfp.constraints)),
+                input=accept.input,
             )
         )
 
@@ -340,8 +424,11 @@ class Contractor:
         del self._offers[key]
         self._counters["rejects_received"] += 1
 
-    def _refuse(self, manager: bytes, cfp: CallForProposals, reason: str) -> None:
-        refuse = Refuse(task_id=cfp.task_id, epoch=cfp.epoch, round=cfp.round, reason=reason)
+    def _refuse(
+        self, manager: bytes, cfp: CallForProposals, reason: str, *, busy: bool = False
+    ) -> None:
+        refuse = Refuse(task_id=cfp.task_id, epoch=cfp.epoch, round=cfp.round, reason=reason,
+                        busy=busy)
         self._outbox.append(Outgoing(REFUSE, (refuse,), to_node=manager))
 
     def _send_failure(self, manager: bytes, task_id: str, epoch: int, reason: str) -> None:

@@ -52,6 +52,9 @@ class NoBids:
     task_id: str
     epoch: int
     rounds: int
+    busy: bool = False
+    """True when capable contractors were busy for ``busy_wait_max_s`` (not that
+    no one could do the task)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,8 @@ class StartTask:
     capability: str
     input_summary: str
     constraints: Mapping[str, bool | int | float | str]
+    input: bytes | None = None
+    """The full input, when the award carried it."""
 
 
 ContractorEvent = StartTask

@@ -34,6 +34,7 @@ driver can match lease expiries to tasks.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,9 +45,11 @@ from mesh.errors import MeshError
 
 __all__ = [
     "ATTEMPTS_MAX",
+    "BIDS_MAX",
     "INPUT_BYTES_MAX",
     "KEY_PREFIX",
     "RECORD_FORMAT",
+    "BidRecord",
     "LedgerError",
     "Refusal",
     "RefusalReason",
@@ -66,8 +69,9 @@ __all__ = [
 
 KEY_PREFIX = "task/"
 """Prefix of every task ledger key in the KV store."""
-RECORD_FORMAT = 1
-"""Version of the record byte layout; another version is refused."""
+RECORD_FORMAT = 2
+"""Version of the record byte layout written. Format 2 added the award's bids;
+format 1 records (without them) are still read; any other is refused."""
 TASK_ID_CHARS_MAX = 128
 CAPABILITY_CHARS_MAX = 128
 INPUT_BYTES_MAX = 256 * 1024
@@ -76,6 +80,8 @@ RESULT_BYTES_MAX = 1024 * 1024
 """Largest inline result kept in the ledger; larger ones are kept as a digest."""
 DIGEST_BYTES_MAX = 64
 LOCATION_CHARS_MAX = 1024
+BIDS_MAX = 64
+"""Most bids kept with an award (a manager invites at most this many by default)."""
 REASON_CHARS_MAX = 256
 """Failure reasons are cut to this many characters."""
 ATTEMPTS_MAX = 100
@@ -108,6 +114,24 @@ _STATE_BY_VALUE = {state.value: state for state in TaskState}
 
 
 @dataclass(frozen=True, slots=True)
+class BidRecord:
+    """One bid of the auction that made the latest award, as the ledger keeps it."""
+
+    node_id: bytes
+    cost: float
+    duration_s: float
+    load: float
+    confidence: float
+
+    def __post_init__(self) -> None:
+        _bytes(self.node_id, "bid node_id", NODE_ID_BYTES_MAX)
+        for name in ("cost", "duration_s", "load", "confidence"):
+            value = getattr(self, name)
+            if type(value) is not float or not math.isfinite(value) or value < 0:
+                raise LedgerError(f"bid {name} must be a finite float >= 0, got {_show(value)}")
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     """One task as the ledger holds it. Construction checks every field."""
 
@@ -127,6 +151,9 @@ class TaskRecord:
     result_digest: bytes | None = None
     result_location: str | None = None
     failure_reasons: tuple[str, ...] = field(default=())
+    bids: tuple[BidRecord, ...] = field(default=())
+    """The bids of the auction that made the latest award, best first (at most
+    ``BIDS_MAX``); empty before the first award."""
 
     def __post_init__(self) -> None:
         _text(self.task_id, "task_id", TASK_ID_CHARS_MAX)
@@ -151,6 +178,10 @@ class TaskRecord:
             raise LedgerError(f"failure_reasons must be a tuple of at most {ATTEMPTS_MAX}")
         for reason in self.failure_reasons:
             _text(reason, "failure reason", REASON_CHARS_MAX, empty_ok=True)
+        if type(self.bids) is not tuple or len(self.bids) > BIDS_MAX:
+            raise LedgerError(f"bids must be a tuple of at most {BIDS_MAX}")
+        if not all(isinstance(bid, BidRecord) for bid in self.bids):
+            raise LedgerError("bids must be BidRecord values")
         self._check_state()
 
     def _check_state(self) -> None:
@@ -209,12 +240,13 @@ def encode_record(record: TaskRecord) -> bytes:
             r.result_digest,
             r.result_location,
             list(r.failure_reasons),
+            [[b.node_id, b.cost, b.duration_s, b.load, b.confidence] for b in r.bids],
         ],
         use_bin_type=True,
     )
 
 
-_RECORD_FIELDS = 14
+_RECORD_FIELDS = {1: 14, 2: 15}
 
 
 def decode_record(data: bytes) -> TaskRecord:
@@ -225,12 +257,15 @@ def decode_record(data: bytes) -> TaskRecord:
         items: Any = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0)
     except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as exc:
         raise LedgerError(f"task record is not valid msgpack ({len(data)} bytes): {exc}") from None
-    if type(items) is not list or len(items) != _RECORD_FIELDS:
-        raise LedgerError(
-            f"task record must be a list of {_RECORD_FIELDS} items, got {_show(items)}"
-        )
-    if items[0] != RECORD_FORMAT or type(items[0]) is not int:
-        raise LedgerError(f"unknown task record format {_show(items[0])}, expected {RECORD_FORMAT}")
+    if type(items) is not list or not items:
+        raise LedgerError(f"task record must be a list, got {_show(items)}")
+    fields = _RECORD_FIELDS.get(items[0]) if type(items[0]) is int else None
+    if fields is None:
+        raise LedgerError(f"unknown task record format {_show(items[0])}, expected "
+                          f"{RECORD_FORMAT}")
+    if len(items) != fields:
+        raise LedgerError(f"a format {items[0]} task record has {fields} items, got "
+                          f"{len(items)}")
     state = _STATE_BY_VALUE.get(items[4]) if type(items[4]) is str else None
     if state is None:
         raise LedgerError(f"unknown task state {_show(items[4])}")
@@ -250,7 +285,19 @@ def decode_record(data: bytes) -> TaskRecord:
         result_digest=items[11],
         result_location=items[12],
         failure_reasons=tuple(items[13]),
+        bids=_decode_bids(items[14]) if fields > 14 else (),
     )
+
+
+def _decode_bids(value: object) -> tuple[BidRecord, ...]:
+    if type(value) is not list or len(value) > BIDS_MAX:
+        raise LedgerError(f"bids must be a list of at most {BIDS_MAX}, got {_show(value)}")
+    bids = []
+    for bid in value:
+        if type(bid) is not list or len(bid) != 5:
+            raise LedgerError(f"a bid must be a list of 5 items, got {_show(bid)}")
+        bids.append(BidRecord(*bid))
+    return tuple(bids)
 
 
 # ------------------------------------------------------------- transitions
@@ -301,14 +348,17 @@ def create(task_id: str, capability: str, input: bytes, *, max_attempts: int = 3
 
 
 def award(
-    current: TaskRecord, version: int, *, epoch: int, contractor: bytes, lease_id: int
+    current: TaskRecord, version: int, *, epoch: int, contractor: bytes, lease_id: int,
+    bids: tuple[BidRecord, ...] = (),
 ) -> Transition | Refusal:
-    """Award ``current`` at ``epoch`` to ``contractor`` under ``lease_id``: only from open."""
+    """Award ``current`` at ``epoch`` to ``contractor`` under ``lease_id``: only from open.
+    ``bids`` (best first, the first ``BIDS_MAX`` kept) replace those of earlier awards."""
     refusal = _at_epoch(current, epoch, TaskState.OPEN)
     if refusal is not None:
         return refusal
     return _change(
-        current, version, state=TaskState.AWARDED, contractor=contractor, lease_id=lease_id
+        current, version, state=TaskState.AWARDED, contractor=contractor, lease_id=lease_id,
+        bids=tuple(bids)[:BIDS_MAX],
     )
 
 

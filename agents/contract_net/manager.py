@@ -4,8 +4,17 @@ How this works
 --------------
 Per task the manager keeps one ``_Auction`` that moves through phases:
 
+``WAITING``
+    Each capability has a *window*: how many of its auctions may collect bids at
+    once. An auction beyond it waits, in arrival order, until one leaves
+    ``COLLECTING``. The window grows by 1/window with every round that drew a bid
+    and halves with every round refused only as busy (additive increase,
+    multiplicative decrease, as TCP does with its congestion window): contractors
+    hold a place for every bid they make, so a burst of auctions larger than the
+    places the cluster has would otherwise draw busy refusals and retries from all
+    of them at once, while the window settles near what the cluster can take.
 ``COLLECTING``
-    ``start_auction`` sent a ``cnet.cfp`` to every candidate (at most
+    ``start_auction`` (or the window) sent a ``cnet.cfp`` to every candidate (at most
     ``bids_per_auction_max``). Proposals and refusals of this epoch and round from
     invited nodes are kept, one per node. At the bid deadline (``tick``), or as
     soon as every invitee answered, the manager decides.
@@ -13,16 +22,27 @@ Per task the manager keeps one ``_Auction`` that moves through phases:
     No bid at all: the manager waits (``no_bid_backoff_s``, doubling each round)
     and then calls for proposals again at the same epoch with the next round
     number. After ``no_bid_rounds_max`` empty rounds it emits ``NoBids`` and forgets
-    the task.
+    the task. A round in which some invitee refused as ``busy`` is not empty: the
+    capability exists but every slot is taken, so the task waits for one
+    (``busy_backoff_s`` doubling up to ``busy_backoff_max_s``) for as long as
+    ``busy_wait_max_s`` before ``NoBids(busy=True)``.
 ``DECIDING``
     Bids are ranked by the scoring function (ties by node id) and an
-    ``AwardDecision`` is emitted. The driver proposes the ledger compare-and-set
-    and reports with ``award_committed``: on success the winner gets
-    ``cnet.accept`` and the other bidders ``cnet.reject``; when the CAS lost (another
-    manager awarded this epoch first) every bidder gets ``cnet.reject``.
+    ``AwardDecision`` is emitted; the other bidders get ``cnet.reject`` at once, so
+    the slots they held for this bid free up while the award is written. The
+    driver proposes the ledger compare-and-set and reports with
+    ``award_committed``: on success the winner gets ``cnet.accept``; when the CAS
+    lost (another manager awarded this epoch first) it gets ``cnet.reject`` too.
 ``RUNNING``
     Awaiting the winner's ``cnet.inform`` or ``cnet.failure``, which become
     ``ResultReported`` / ``FailureReported`` for the driver to record in the ledger.
+    Every ``progress_check_s`` the winner is asked (``cnet.query``) whether it
+    still runs the task: ``cnet.progress(running=False)`` (it never got the
+    accept), or ``progress_unanswered_max`` queries in a row without an answer,
+    end the attempt with ``FailureReported``; a winner that finished answers with
+    its result again. So a lost accept or result cannot leave the task awarded
+    for ever. ``adopt`` puts a task awarded by another manager (taken over) in
+    this phase.
 
 A task whose contractor dies is reopened in the ledger by the driver, which then
 calls ``start_auction`` with the new record: an auction at a newer epoch replaces
@@ -37,6 +57,8 @@ Purity: time comes only from ``start_auction(now)`` and ``tick(now)``.
 from __future__ import annotations
 
 import enum
+import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -56,13 +78,17 @@ from agents.contract_net.messages import (
     CFP,
     FAILURE,
     INFORM,
+    PROGRESS,
     PROPOSE,
+    QUERY,
     REFUSE,
     REJECT,
     AcceptProposal,
     CallForProposals,
     Failure,
     InformResult,
+    Progress,
+    ProgressQuery,
     Propose,
     Refuse,
     RejectProposal,
@@ -74,7 +100,8 @@ from consensus.core import Incoming, Outgoing
 __all__ = ["COUNTERS", "MANAGER_MESSAGE_KINDS", "AuctionPhase", "Manager"]
 
 MANAGER_MESSAGE_KINDS: Mapping[str, type[BaseModel]] = MappingProxyType(
-    {PROPOSE: Propose, REFUSE: Refuse, INFORM: InformResult, FAILURE: Failure}
+    {PROPOSE: Propose, REFUSE: Refuse, INFORM: InformResult, FAILURE: Failure,
+     PROGRESS: Progress}
 )
 """The kinds the manager consumes."""
 
@@ -92,11 +119,16 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
         "decisions_early": "auctions decided before the deadline: every invitee answered",
         "decisions_at_deadline": "auctions decided at the bid deadline",
         "rounds_without_bids": "auction rounds that ended without a single bid",
-        "auctions_given_up": "auctions ended by NoBids after no_bid_rounds_max empty rounds",
+        "rounds_busy": "rounds without a bid in which a capable contractor was busy",
+        "rounds_held": "rounds that waited for room in their capability's window",
+        "auctions_given_up": "auctions ended by NoBids (no_bid_rounds_max or busy_wait_max_s)",
         "awards_committed": "award_committed(ok=True): accept sent to the winner",
         "awards_lost": "award_committed(ok=False): the ledger CAS lost, all bidders rejected",
         "commits_unexpected": "award_committed for no auction awaiting that award",
         "results_received": "results from the awarded contractor, passed to the driver",
+        "queries_sent": "progress queries sent to awarded contractors",
+        "awards_dropped": "attempts ended: the winner does not hold the award or is silent",
+        "auctions_adopted": "awarded tasks taken over from another manager (adopt)",
         "failures_received": "failures from the awarded contractor, passed to the driver",
         "auctions_cancelled": "auctions dropped by cancel",
         "messages_stale": "messages for an unknown task, another epoch or another round",
@@ -111,10 +143,21 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
 class AuctionPhase(enum.Enum):
     """Where one auction is; see the module docstring."""
 
+    WAITING = "waiting"
     COLLECTING = "collecting"
     BACKOFF = "backoff"
     DECIDING = "deciding"
     RUNNING = "running"
+
+
+@dataclass(slots=True)
+class _Window:
+    """One capability's auctions: how many may collect at once, how many do, and
+    the WAITING ones in the order they start."""
+
+    size: float
+    collecting: int = 0
+    waiting: deque[str] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -126,7 +169,16 @@ class _Auction:
     """COLLECTING: the bid deadline; BACKOFF: when the next round starts."""
     answers: dict[bytes, Bid | None] = field(default_factory=dict)
     """Invitee -> its bid, or None for a refusal (this round)."""
+    busy_refusals: int = 0
+    """Refusals marked busy this round."""
+    round_started: float = 0.0
+    task_input: bytes | None = None
+    """The full input, handed to the winner with the award."""
+    queries_unanswered: int = 0
     empty_rounds: int = 0
+    busy_rounds: int = 0
+    busy_since: float | None = None
+    """When the current run of busy rounds began."""
     winner: bytes | None = None
 
     @property
@@ -151,6 +203,8 @@ class Manager:
         self._settings = settings if settings is not None else ManagerSettings()
         self._score = score if score is not None else weighted_score(self._settings.weights)
         self._auctions: dict[str, _Auction] = {}
+        self._windows: dict[str, _Window] = {}
+        self._admitting: set[str] = set()
         self._outbox: list[Outgoing] = []
         self._events: list[ManagerEvent] = []
         self._counters = dict.fromkeys(COUNTERS, 0)
@@ -187,6 +241,17 @@ class Manager:
         """The epoch of ``task_id``'s auction, or None if the manager has none."""
         auction = self._auctions.get(task_id)
         return None if auction is None else auction.epoch
+
+    def window(self, capability: str) -> float:
+        """The capability's window: auctions of it that may collect bids at once."""
+        window = self._windows.get(capability)
+        return float(self._settings.window_initial) if window is None else window.size
+
+    def round_started(self, task_id: str) -> float | None:
+        """When the current round's call for proposals went out (the driver's clock),
+        or None if the manager has no auction of ``task_id``."""
+        auction = self._auctions.get(task_id)
+        return None if auction is None else auction.round_started
 
     def __len__(self) -> int:
         """Auctions in progress (any phase)."""
@@ -235,15 +300,17 @@ class Manager:
             return False
         if existing is not None:
             self._counters["auctions_superseded"] += 1
-            self._reject_bidders(existing, "superseded by a newer epoch")
-            del self._auctions[record.task_id]
+            self._forget(existing, "superseded by a newer epoch")
         invited = tuple(dict.fromkeys(candidates))
         limit = self._settings.bids_per_auction_max
         self._counters["candidates_dropped"] += max(0, len(invited) - limit)
-        auction = _Auction(cfp, invited[:limit], AuctionPhase.COLLECTING, now)
+        auction = _Auction(cfp, invited[:limit], AuctionPhase.WAITING, math.inf,
+                           task_input=record.input)
         self._auctions[record.task_id] = auction
         self._counters["auctions_started"] += 1
-        self._call(auction, now)
+        self._enter_window(auction, now)
+        if existing is not None and existing.cfp.capability != auction.cfp.capability:
+            self._admit(existing.cfp.capability, now)
         return True
 
     def award_committed(
@@ -259,25 +326,43 @@ class Manager:
         assert winner is not None, auction
         if not ok:
             self._counters["awards_lost"] += 1
-            self._reject_bidders(auction, "award not committed")
-            del self._auctions[task_id]
+            self._forget(auction, "award not committed")
             return True
         self._counters["awards_committed"] += 1
-        accept = AcceptProposal(task_id=task_id, epoch=epoch, lease_id=lease_id)
+        accept = AcceptProposal(task_id=task_id, epoch=epoch, lease_id=lease_id,
+                                input=auction.task_input)
         self._outbox.append(Outgoing(ACCEPT, (accept,), to_node=winner))
-        self._reject_bidders(auction, "another bid won", sparing=winner)
         auction.phase = AuctionPhase.RUNNING
+        auction.due = self._now + self._settings.progress_check_s
         auction.answers = {}
+        return True
+
+    def adopt(self, record: TaskRecord, now: float) -> bool:
+        """Watch the awarded task ``record`` as if this manager had awarded it (it was
+        taken over from a manager that stopped): its result, failure or progress
+        answers are handled as in ``RUNNING``. False (counted) if the task is not
+        awarded or an auction of it is in progress here."""
+        self._now = max(self._now, now)
+        if (record.state is not TaskState.AWARDED or record.contractor is None
+                or record.task_id in self._auctions):
+            self._counters["starts_refused"] += 1
+            return False
+        cfp = CallForProposals(task_id=record.task_id, epoch=record.epoch,
+                               capability=record.capability, bid_window_ms=1)
+        auction = _Auction(cfp, (record.contractor,), AuctionPhase.RUNNING,
+                           now + self._settings.progress_check_s, winner=record.contractor)
+        self._auctions[record.task_id] = auction
+        self._counters["auctions_adopted"] += 1
         return True
 
     def cancel(self, task_id: str) -> bool:
         """Forget ``task_id``'s auction (rejecting outstanding bids); False if none."""
-        auction = self._auctions.pop(task_id, None)
+        auction = self._auctions.get(task_id)
         if auction is None:
             return False
         self._counters["auctions_cancelled"] += 1
-        if auction.phase in (AuctionPhase.COLLECTING, AuctionPhase.DECIDING):
-            self._reject_bidders(auction, "cancelled")
+        self._forget(auction, "cancelled")
+        self._admit(auction.cfp.capability, self._now)
         return True
 
     # -- step and tick -------------------------------------------------------------
@@ -289,8 +374,15 @@ class Manager:
             self._on_answer(message.sender, payload)
         elif isinstance(payload, InformResult | Failure):
             self._on_outcome(message.sender, payload)
+        elif isinstance(payload, Progress):
+            self._on_progress(message.sender, payload)
         else:
             self._counters["messages_unexpected"] += 1
+
+    def note_time(self, now: float) -> None:
+        """Tell the manager the time without ticking: a round started or decided by
+        the next ``step`` is stamped with it rather than with the last tick's."""
+        self._now = max(self._now, now)
 
     def tick(self, now: float) -> None:
         """Advance time: decide auctions whose bid deadline passed, start due rounds."""
@@ -301,13 +393,101 @@ class Manager:
                 self._decide(auction, now)
             elif auction.phase is AuctionPhase.BACKOFF:
                 auction.cfp = auction.cfp.model_copy(update={"round": auction.cfp.round + 1})
-                auction.phase = AuctionPhase.COLLECTING
-                self._call(auction, now)
+                auction.phase = AuctionPhase.WAITING
+                auction.due = math.inf
+                self._enter_window(auction, now, first=True)
+            elif auction.phase is AuctionPhase.RUNNING:
+                self._check_progress(auction, now)
+
+    def _check_progress(self, auction: _Auction, now: float) -> None:
+        winner = auction.winner
+        assert winner is not None
+        if auction.queries_unanswered >= self._settings.progress_unanswered_max:
+            self._drop_award(auction, f"no answer to {auction.queries_unanswered} progress "
+                             "queries")
+            return
+        auction.queries_unanswered += 1
+        auction.due = now + self._settings.progress_check_s
+        self._counters["queries_sent"] += 1
+        query = ProgressQuery(task_id=auction.cfp.task_id, epoch=auction.epoch)
+        self._outbox.append(Outgoing(QUERY, (query,), to_node=winner))
+
+    def _drop_award(self, auction: _Auction, reason: str) -> None:
+        winner = auction.winner
+        assert winner is not None
+        self._counters["awards_dropped"] += 1
+        del self._auctions[auction.cfp.task_id]
+        self._events.append(FailureReported(auction.cfp.task_id, auction.epoch, winner, reason))
+
+    def _on_progress(self, sender: bytes, payload: Progress) -> None:
+        auction = self._auctions.get(payload.task_id)
+        if auction is None or auction.epoch != payload.epoch:
+            self._counters["messages_stale"] += 1
+        elif auction.phase is not AuctionPhase.RUNNING:
+            self._counters["messages_unexpected"] += 1
+        elif sender != auction.winner:
+            self._counters["messages_uninvited"] += 1
+        elif payload.running:
+            auction.queries_unanswered = 0
+        else:
+            self._drop_award(auction, "the contractor does not hold the award")
 
     # -- internals -----------------------------------------------------------------
 
+    def _window_of(self, capability: str) -> _Window:
+        window = self._windows.get(capability)
+        if window is None:
+            window = self._windows[capability] = _Window(float(self._settings.window_initial))
+        return window
+
+    def _enter_window(self, auction: _Auction, now: float, *, first: bool = False) -> None:
+        """Queue a WAITING auction (at the front: a round that waited already) and
+        start what the window has room for."""
+        window = self._window_of(auction.cfp.capability)
+        if first:
+            window.waiting.appendleft(auction.cfp.task_id)
+        else:
+            window.waiting.append(auction.cfp.task_id)
+        self._admit(auction.cfp.capability, now)
+        if auction.phase is AuctionPhase.WAITING:
+            self._counters["rounds_held"] += 1
+
+    def _admit(self, capability: str, now: float) -> None:
+        window = self._windows.get(capability)
+        if window is None or capability in self._admitting:
+            return  # called again from a round it started (one with no candidates)
+        self._admitting.add(capability)
+        try:
+            while window.waiting and window.collecting < int(window.size):
+                auction = self._auctions.get(window.waiting.popleft())
+                if auction is None or auction.phase is not AuctionPhase.WAITING:
+                    continue  # cancelled or replaced while it waited
+                auction.phase = AuctionPhase.COLLECTING
+                self._call(auction, now)
+        finally:
+            self._admitting.discard(capability)
+        if not window.waiting and not window.collecting and window.size == float(
+                self._settings.window_initial):
+            del self._windows[capability]  # nothing to remember: keep the table small
+
+    def _leave_collecting(self, auction: _Auction) -> None:
+        window = self._windows.get(auction.cfp.capability)
+        if window is not None and window.collecting > 0:
+            window.collecting -= 1
+
+    def _forget(self, auction: _Auction, reason: str) -> None:
+        """Drop the auction in whatever phase, rejecting bids it still holds."""
+        if auction.phase is AuctionPhase.COLLECTING:
+            self._leave_collecting(auction)
+        if auction.phase in (AuctionPhase.COLLECTING, AuctionPhase.DECIDING):
+            self._reject_bidders(auction, reason)
+        self._auctions.pop(auction.cfp.task_id, None)
+
     def _call(self, auction: _Auction, now: float) -> None:
+        self._window_of(auction.cfp.capability).collecting += 1
+        auction.round_started = now
         auction.answers = {}
+        auction.busy_refusals = 0
         auction.due = now + self._settings.bid_window_s
         for node in auction.candidates:
             self._outbox.append(Outgoing(CFP, (auction.cfp,), to_node=node))
@@ -329,36 +509,66 @@ class Manager:
         else:
             if isinstance(payload, Propose):
                 self._counters["bids_received"] += 1
-                auction.answers[sender] = Bid(
-                    sender, payload.cost, payload.duration_s, payload.load, payload.confidence
-                )
+                auction.answers[sender] = Bid(sender, payload.cost, payload.duration_s,
+                                              payload.load, payload.confidence, payload.lease_id)
             else:
                 self._counters["refusals_received"] += 1
                 auction.answers[sender] = None
+                auction.busy_refusals += payload.busy
             if len(auction.answers) == len(auction.candidates):
                 self._counters["decisions_early"] += 1
                 # Every invitee answered: no reason to wait for the deadline.
                 self._decide(auction, self._now)
 
     def _decide(self, auction: _Auction, now: float) -> None:
+        self._leave_collecting(auction)
+        try:
+            self._decide_round(auction, now)
+        finally:
+            self._admit(auction.cfp.capability, now)
+
+    def _decide_round(self, auction: _Auction, now: float) -> None:
         bids = [bid for bid in auction.answers.values() if bid is not None]
+        window = self._window_of(auction.cfp.capability)
         if bids:
+            window.size = min(float(self._settings.window_max), window.size + 1 / window.size)
             ranked = tuple(rank_bids(bids, now, self._score))
             auction.winner = ranked[0].node_id
             auction.phase = AuctionPhase.DECIDING
             self._events.append(
                 AwardDecision(auction.cfp.task_id, auction.epoch, ranked[0], ranked)
             )
+            self._reject_bidders(auction, "another bid won", sparing=auction.winner)
+            auction.answers = {auction.winner: ranked[0]}
             return
         self._counters["rounds_without_bids"] += 1
-        auction.empty_rounds += 1
-        if auction.empty_rounds >= self._settings.no_bid_rounds_max:
-            self._counters["auctions_given_up"] += 1
-            del self._auctions[auction.cfp.task_id]
-            self._events.append(NoBids(auction.cfp.task_id, auction.epoch, auction.empty_rounds))
-            return
+        settings = self._settings
         auction.phase = AuctionPhase.BACKOFF
-        auction.due = now + self._settings.no_bid_backoff_s * 2 ** (auction.empty_rounds - 1)
+        if auction.busy_refusals:
+            self._counters["rounds_busy"] += 1
+            window.size = max(1.0, window.size / 2)
+            if auction.busy_since is None:
+                auction.busy_since = now
+            if now - auction.busy_since < settings.busy_wait_max_s:
+                auction.busy_rounds += 1
+                wait = settings.busy_backoff_s * 2 ** min(auction.busy_rounds - 1, 30)
+                auction.due = now + min(wait, settings.busy_backoff_max_s)
+                return
+            self._give_up(auction, busy=True)
+            return
+        auction.busy_rounds = 0
+        auction.busy_since = None
+        auction.empty_rounds += 1
+        if auction.empty_rounds >= settings.no_bid_rounds_max:
+            self._give_up(auction, busy=False)
+            return
+        auction.due = now + settings.no_bid_backoff_s * 2 ** (auction.empty_rounds - 1)
+
+    def _give_up(self, auction: _Auction, *, busy: bool) -> None:
+        self._counters["auctions_given_up"] += 1
+        del self._auctions[auction.cfp.task_id]
+        rounds = auction.busy_rounds if busy else auction.empty_rounds
+        self._events.append(NoBids(auction.cfp.task_id, auction.epoch, rounds, busy))
 
     def _on_outcome(self, sender: bytes, payload: InformResult | Failure) -> None:
         auction = self._auctions.get(payload.task_id)

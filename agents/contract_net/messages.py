@@ -49,7 +49,9 @@ __all__ = [
     "INPUT_SUMMARY_CHARS_MAX",
     "LOCATION_CHARS_MAX",
     "MESSAGE_KINDS",
+    "PROGRESS",
     "PROPOSE",
+    "QUERY",
     "REASON_CHARS_MAX",
     "REFUSE",
     "REJECT",
@@ -59,6 +61,8 @@ __all__ = [
     "CallForProposals",
     "Failure",
     "InformResult",
+    "Progress",
+    "ProgressQuery",
     "Propose",
     "Refuse",
     "RejectProposal",
@@ -71,6 +75,8 @@ ACCEPT = "cnet.accept"
 REJECT = "cnet.reject"
 INFORM = "cnet.inform"
 FAILURE = "cnet.failure"
+QUERY = "cnet.query"
+PROGRESS = "cnet.progress"
 
 TASK_ID_CHARS_MAX = 128
 """Longest task id."""
@@ -86,6 +92,8 @@ CONSTRAINT_TEXT_CHARS_MAX = 256
 """Longest text constraint value."""
 REASON_CHARS_MAX = 256
 """Longest refusal, rejection or failure reason."""
+INPUT_BYTES_WIRE_MAX = 256 * 1024
+"""Largest task input an award carries (the task ledger's limit)."""
 RESULT_BYTES_WIRE_MAX = 1024 * 1024
 """Largest inline result; bigger results travel as a digest and a location."""
 DIGEST_BYTES_MAX = 64
@@ -137,6 +145,7 @@ class CallForProposals(_Payload):
     bid_window_ms: int = Field(ge=1, le=BID_WINDOW_MS_MAX)
 
 
+
 class Propose(_Payload):
     """A bid. Lower cost, sooner finish and lower load win (see ``scoring``).
 
@@ -153,15 +162,25 @@ class Propose(_Payload):
     duration_s: Estimate
     load: Estimate
     confidence: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    lease_id: int | None = Field(default=None, ge=1, le=EPOCH_MAX)
+    """A KV lease the contractor keeps alive while it is up: the award may be
+    recorded under it, so the task reopens when the contractor stops renewing it
+    (None: the manager grants one for the award)."""
 
 
 class Refuse(_Payload):
-    """The contractor will not bid (no such capability, busy, ...)."""
+    """The contractor will not bid (no such capability, busy, ...).
+
+    ``busy`` marks a refusal for lack of a free slot only: the contractor has the
+    capability and may bid once a running task ends, so the manager waits for it
+    rather than counting the round as one without a taker.
+    """
 
     task_id: TaskId
     epoch: Epoch
     round: Round = 1
     reason: Reason = ""
+    busy: bool = False
 
 
 class AcceptProposal(_Payload):
@@ -169,11 +188,14 @@ class AcceptProposal(_Payload):
 
     ``lease_id`` is the KV lease the award is recorded under; the contractor keeps
     it alive while it works (None when the manager's driver uses no lease).
+    ``input`` is the task's full input as the ledger holds it, so the winner need
+    not read it back (None: read it from the ledger).
     """
 
     task_id: TaskId
     epoch: Epoch
     lease_id: int | None = Field(default=None, ge=1, le=EPOCH_MAX)
+    input: bytes | None = Field(default=None, max_length=INPUT_BYTES_WIRE_MAX)
 
 
 class RejectProposal(_Payload):
@@ -213,6 +235,25 @@ class Failure(_Payload):
     reason: Reason = ""
 
 
+class ProgressQuery(_Payload):
+    """The manager asks the awarded contractor whether it still runs ``task_id`` at
+    ``epoch``: an award whose accept or result was lost would otherwise wait
+    forever under a lease that stays alive with its node."""
+
+    task_id: TaskId
+    epoch: Epoch
+
+
+class Progress(_Payload):
+    """The contractor's answer: ``running`` while the task runs. A contractor that
+    finished it answers with the result again (``cnet.inform``) instead, one that
+    never heard of the award with ``running=False``."""
+
+    task_id: TaskId
+    epoch: Epoch
+    running: bool
+
+
 MESSAGE_KINDS: Mapping[str, type[BaseModel]] = MappingProxyType(
     {
         CFP: CallForProposals,
@@ -222,6 +263,8 @@ MESSAGE_KINDS: Mapping[str, type[BaseModel]] = MappingProxyType(
         REJECT: RejectProposal,
         INFORM: InformResult,
         FAILURE: Failure,
+        QUERY: ProgressQuery,
+        PROGRESS: Progress,
     }
 )
 """Every ``cnet.*`` kind with its payload model."""

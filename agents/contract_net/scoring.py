@@ -39,6 +39,8 @@ class Bid:
     """Work in hand per task slot (0 idle, 1 full)."""
     confidence: float
     """0 to 1: how sure the contractor is that it can do the task."""
+    lease_id: int | None = None
+    """The lease the contractor offered to run the task under (not scored)."""
 
 
 ScoreFunction = Callable[[Bid, float], float]

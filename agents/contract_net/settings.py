@@ -32,8 +32,32 @@ class ManagerSettings:
     """Auction rounds at one epoch without a single bid before giving up (then a
     ``NoBids`` event tells the driver to fail the attempt in the ledger)."""
     no_bid_backoff_s: float = 1.0
-    """Wait before the second round; each further round waits twice as long, so
-    contractors that were busy get time to free a slot."""
+    """Wait before the second round; each further round waits twice as long."""
+    busy_backoff_s: float = 0.1
+    """Wait before calling again after a round in which no one bid but some capable
+    contractor refused as busy: such a round does not count towards
+    ``no_bid_rounds_max`` (the task queues for a free slot rather than failing).
+    Each further busy round waits twice as long, up to ``busy_backoff_max_s``."""
+    busy_backoff_max_s: float = 2.0
+    """Longest wait between busy rounds: a freed slot is found at most this late.
+    Shorter finds it sooner but sends more calls while every slot is taken."""
+    busy_wait_max_s: float = 600.0
+    """How long an auction may wait for a busy contractor before giving up
+    (``NoBids``, which fails the attempt) as if no one could do the task."""
+    progress_check_s: float = 2.0
+    """How often the awarded contractor of a running task is asked whether it still
+    runs it (``cnet.query``): an award whose accept or result message was lost is
+    found this long after, at the latest."""
+    progress_unanswered_max: int = 3
+    """Queries in a row the contractor may leave unanswered before the attempt is
+    given up (its node lease may still be alive while it cannot reach us)."""
+    window_initial: int = 16
+    """Auctions of one capability collecting bids at once before the manager has
+    learnt better (see ``manager``: the window grows while rounds draw bids and
+    halves when all invitees are busy)."""
+    window_max: int = 1024
+    """Largest window: bounds the calls for proposals one manager has out at once
+    for one capability."""
     weights: ScoringWeights = field(default_factory=ScoringWeights)
     """Weights of the default scoring function (a custom one may be injected)."""
 
@@ -41,8 +65,19 @@ class ManagerSettings:
         _positive_int(self.auctions_max, "auctions_max")
         _positive_int(self.bids_per_auction_max, "bids_per_auction_max")
         _positive_int(self.no_bid_rounds_max, "no_bid_rounds_max")
+        _positive_int(self.window_initial, "window_initial")
+        _positive_int(self.progress_unanswered_max, "progress_unanswered_max")
+        _positive_seconds(self.progress_check_s, "progress_check_s", 3600.0)
+        _positive_int(self.window_max, "window_max")
+        if self.window_max < self.window_initial:
+            raise ConfigError("window_max must be at least window_initial")
         _positive_seconds(self.bid_window_s, "bid_window_s", 3600.0)
         _positive_seconds(self.no_bid_backoff_s, "no_bid_backoff_s", 3600.0)
+        _positive_seconds(self.busy_backoff_s, "busy_backoff_s", 3600.0)
+        _positive_seconds(self.busy_backoff_max_s, "busy_backoff_max_s", 3600.0)
+        _positive_seconds(self.busy_wait_max_s, "busy_wait_max_s", 86400.0)
+        if self.busy_backoff_max_s < self.busy_backoff_s:
+            raise ConfigError("busy_backoff_max_s must be at least busy_backoff_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +90,11 @@ class ContractorSettings:
     offers_max: int = 256
     """Outstanding bids remembered at once (bounded even if the running limit is
     raised); beyond it the contractor refuses."""
+    results_kept_max: int = 1024
+    """Results of finished tasks kept to answer a manager's progress query again
+    (the first ``cnet.inform`` may have been lost)."""
+    results_kept_bytes_max: int = 16 * 1024 * 1024
+    """Bound on the bytes of the results kept; the oldest go first."""
     award_grace_s: float = 5.0
     """How long after the bid window a bid is held open for the award: the award
     needs a ledger write, so it comes a little after the window. An accept for a
@@ -63,6 +103,9 @@ class ContractorSettings:
     def __post_init__(self) -> None:
         _positive_int(self.tasks_running_max, "tasks_running_max")
         _positive_int(self.offers_max, "offers_max")
+        _positive_int(self.results_kept_max, "results_kept_max")
+        if type(self.results_kept_bytes_max) is not int or self.results_kept_bytes_max < 0:
+            raise ConfigError("results_kept_bytes_max must be an integer >= 0")
         _positive_seconds(self.award_grace_s, "award_grace_s", 3600.0)
 
 
