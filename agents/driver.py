@@ -106,6 +106,7 @@ from agents.host import AGENTS_PREFIX, AgentHost, TaskDone, capabilities_of, est
 from agents.latency import LatencyRecord
 from agents.submission import SUBMIT, SUBMIT_ANSWER, SubmitAnswer, SubmitTask
 from consensus.core import Incoming, Outgoing
+from consensus.kvstore import ErrorCode
 from mesh.errors import ConfigError, MeshError
 from mesh.runtime import Inbound
 
@@ -176,6 +177,11 @@ class DriverSettings:
     node's tasks are reopened, and the tasks it managed taken over, this long after."""
     max_attempts: int = 3
     """Attempts of a task submitted here before it fails."""
+    retry_backoff_s: float = 0.2
+    """Wait after a failed attempt before the task is auctioned again; it doubles
+    with each attempt, up to ``retry_backoff_max_s``."""
+    retry_backoff_max_s: float = 5.0
+    """Longest wait before auctioning a task again."""
     kv_timeout_s: float = 10.0
     """Bound of every KV call."""
     events_max: int = 4096
@@ -189,7 +195,8 @@ class DriverSettings:
 
     def __post_init__(self) -> None:
         for name in ("scan_interval_s", "scan_busy_interval_s", "claim_delay_s",
-                     "lease_ttl_s", "alive_ttl_s", "kv_timeout_s", "wait_poll_s"):
+                     "lease_ttl_s", "alive_ttl_s", "kv_timeout_s", "wait_poll_s",
+                     "retry_backoff_s", "retry_backoff_max_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"{name} ({value!r}) must be a positive number of seconds")
@@ -269,6 +276,12 @@ async def submit_open_task(
         raise LedgerError(f"task {task_id} could not be created: "
                           f"{response.error.value if response.error else response.detail}")
     return step.record
+
+
+def _lease_gone(response: Any) -> bool:
+    """Whether a keep-alive's answer says the lease no longer exists (any other
+    refusal, or none, leaves its fate unknown)."""
+    return response is not None and response.error is ErrorCode.LEASE_NOT_FOUND
 
 
 def _same_task(found: TaskRecord, wanted: TaskRecord) -> bool:
@@ -765,6 +778,13 @@ class ContractNetDriver:
         self._counters["attempts_failed"] += 1
         assert isinstance(step, Transition)
         if step.record.state is TaskState.OPEN:
+            # Not at once: what made this attempt fail (a contractor's lost lease while
+            # the store elects a leader, say) would fail the next ones just as fast.
+            settings = self.settings
+            await anyio.sleep(min(settings.retry_backoff_max_s, settings.retry_backoff_s
+                                  * 2 ** min(step.record.attempts - 1, 30)))
+            if self._stale(task_id, version):
+                return  # moved on meanwhile (the scan or another node took it up)
             self._auction(step.record, version)
         else:
             self.manager.cancel(task_id)
@@ -785,13 +805,27 @@ class ContractNetDriver:
             await anyio.sleep(settings.scan_busy_interval_s if busy else settings.scan_interval_s)
 
     async def _alive_loop(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._offer_loop)
+            while True:
+                try:
+                    await self._keep_alive()
+                except Exception:
+                    self._counters["errors"] += 1
+                    log.exception("contract net: keeping alive/<node> failed")
+                await anyio.sleep(self.settings.alive_ttl_s / 3)
+
+    async def _offer_loop(self) -> None:
+        """Offer the node lease with bids only while its last renewal is recent (half
+        its TTL): a renewal held up (the store electing a leader) must not get awards
+        recorded under a lease about to end. Meanwhile bids carry no lease and an
+        award gets a lease of its own."""
         while True:
-            try:
-                await self._keep_alive()
-            except Exception:
-                self._counters["errors"] += 1
-                log.exception("contract net: keeping alive/<node> failed")
-            await anyio.sleep(self.settings.alive_ttl_s / 3)
+            lease = self._alive_lease
+            recent = lease is not None and (
+                self._clock() - self._alive_renewed_at < self.settings.alive_ttl_s / 2)
+            self.contractor.set_lease(lease if recent else None)
+            await anyio.sleep(self.settings.alive_ttl_s / 10)
 
     async def _keep_alive(self) -> None:
         """Renew this node's lease (``alive/<node>`` is under it, and so are the
@@ -807,8 +841,8 @@ class ContractNetDriver:
             if renewed is not None and renewed.ok:
                 self._alive_renewed_at = asked_at
                 return
-            if renewed is None:
-                return  # unknown: try again next time
+            if not _lease_gone(renewed):
+                return  # unknown (no answer, or refused for another reason): try again
             self._alive_lease = None  # expired: tasks awarded under it are reopened
             self.contractor.set_lease(None)
         asked_at = self._clock()
@@ -966,14 +1000,21 @@ class ContractNetDriver:
     # -- contractor side -----------------------------------------------------------------
 
     async def _hold_node_lease(self, lease_id: int) -> None:
-        """Return when this node's lease ``lease_id`` (which _alive_loop renews) may
-        have ended: its last renewal is old and renewing it now does not help."""
+        """Return when this node's lease ``lease_id`` (which _alive_loop renews) has
+        ended: the store said it is gone, or its last renewal is older than its TTL.
+        A renewal merely late (the store is electing a leader) is retried meanwhile:
+        giving up then would fail a task whose award still stands."""
+        settings = self.settings
         while True:
             while self._node_lease_fresh(lease_id):
-                await anyio.sleep(min(1.0, self.settings.alive_ttl_s / 6))
+                await anyio.sleep(min(1.0, settings.alive_ttl_s / 6))
             await self._keep_alive()
-            if not self._node_lease_fresh(lease_id):
+            if self._node_lease_fresh(lease_id):
+                continue
+            if (lease_id != self._alive_lease
+                    or self._clock() - self._alive_renewed_at >= settings.alive_ttl_s):
                 return
+            await anyio.sleep(min(0.2, settings.alive_ttl_s / 10))
 
     async def _hold_task_lease(self, lease_id: int) -> None:
         """Renew an award's own lease every ``lease_ttl_s / 3``; return when it is
@@ -988,7 +1029,7 @@ class ContractNetDriver:
                 if response is not None and response.ok:
                     renewed_at = self._clock()
                     continue
-                if response is not None:
+                if _lease_gone(response):
                     return
             if self._clock() >= renewed_at + limit:
                 return

@@ -43,6 +43,7 @@ from consensus.kvstore import (
     Command,
     CompareAndSet,
     Delete,
+    ErrorCode,
     LeaseGrant,
     LeaseKeepAlive,
     LeaseRevoke,
@@ -78,6 +79,11 @@ class KVInvalid(KVError):
 
 
 _Calls = list[KVCall]  # ``list`` alone would name the method ``KVClient.list`` in the class
+
+
+_SESSION_RESTARTS_MAX = 3
+"""A write refused as session_expired is sent again under a new session this many
+times at most (each refusal means nothing was applied)."""
 
 
 @dataclass(slots=True)
@@ -163,6 +169,7 @@ class KVClient:
         self._session_freed = anyio.Event()
         self._freed_session: _Session | None = None
         self._call_ids = itertools.count(1)
+        self._session_numbers = itertools.count()
         self._waiting: dict[int, Callable[[KVAnswer | None], None]] = {}
         self._outgoing: dict[str | bytes, list[KVCall]] = {}
         self._send_wanted = anyio.Event()
@@ -171,7 +178,7 @@ class KVClient:
         self._attempts: dict[int, _Attempt] = {}  # by call id, for the watchdog
         self.counters = dict.fromkeys(
             ("calls", "attempts", "redirects", "retries_unavailable", "attempt_timeouts",
-             "answers_unmatched", "envelopes_sent"), 0)
+             "answers_unmatched", "envelopes_sent", "sessions_restarted"), 0)
         node.on(KV_ANSWER, KVAnswer, self._on_answers)
 
     @classmethod
@@ -274,17 +281,37 @@ class KVClient:
         if len(data) > self._config.max_bytes_per_append:
             raise KVInvalid(f"the request takes {len(data)} bytes, above "
                             f"raft.max_bytes_per_append ({self._config.max_bytes_per_append})")
-        session = await self._session_for_write()
-        seq = session.take()
-        try:
-            answer = await self._call(command=data, seq=seq, client_id=session.client_id)
-            session.started = True
-        finally:
-            session.in_flight.discard(seq)
-            self._freed_session = session
-            self._session_freed.set()
-        assert answer.response is not None, answer
-        return decode_response(answer.response)
+        for _ in range(_SESSION_RESTARTS_MAX):
+            session = await self._session_for_write()
+            seq = session.take()
+            try:
+                answer = await self._call(command=data, seq=seq, client_id=session.client_id)
+                session.started = True
+            except BaseException:
+                if not session.started:
+                    # Its first write's fate is unknown, so the store may not know the
+                    # session: a later seq would be refused as session_expired.
+                    self._retire(session)
+                raise
+            finally:
+                session.in_flight.discard(seq)
+                self._freed_session = session
+                self._session_freed.set()
+            assert answer.response is not None, answer
+            response = decode_response(answer.response)
+            if response.error is not ErrorCode.SESSION_EXPIRED:
+                return response
+            # The store dropped (or never had) this session and applied nothing:
+            # the write goes again under a new one.
+            self.counters["sessions_restarted"] += 1
+            self._retire(session)
+        return response
+
+    def _retire(self, session: _Session) -> None:
+        if session in self._sessions:
+            self._sessions.remove(session)
+        if self._freed_session is session:
+            self._freed_session = None
 
     async def _session_for_write(self) -> _Session:
         """A session that may take one more write now (see ``_Session``)."""
@@ -304,7 +331,7 @@ class KVClient:
             if len(self._sessions) < self._config.client_sessions_max and all(
                 session.started for session in self._sessions
             ):
-                session = _Session(f"{self.client_id}/{len(self._sessions)}")
+                session = _Session(f"{self.client_id}/{next(self._session_numbers)}")
                 self._sessions.append(session)
                 return session
             if self._session_freed.is_set():

@@ -83,13 +83,19 @@ class Mesh:
 
             await tg.start(run)
             assert node.address is not None
-            seeds = [node.address]
+            seeds = [*seeds, node.address]  # every earlier node: the mesh forms sooner
             self.nodes.append(node)
             self.drivers.append(driver)
             self.scopes.append(scope)
-        # Everyone sees everyone's advert.
+        # Everyone sees everyone's advert, and follows one Raft leader.
         await until(lambda: all(len(n.gossip.items("agents/")) == len(self.nodes)
                                 for n in self.nodes))
+        await until(self._one_leader)
+
+    def _one_leader(self) -> bool:
+        leaders = {(n.raft.status()["leader_id"], n.raft.status()["term"])
+                   for n in self.nodes if n.raft is not None}
+        return len(leaders) == 1 and None not in next(iter(leaders))
 
     def stop(self, index: int) -> None:
         self.scopes[index].cancel()
@@ -157,7 +163,7 @@ async def test_a_task_whose_contractor_stops_mid_run_completes_on_another_node(
         assert first in (0, 1)
         m.stop(first)
         done = await manager.wait(task, 60)
-        assert done.state is TaskState.DONE, done
+        assert done.state is TaskState.DONE, (done.failure_reasons, done.epoch)
         assert done.contractor == m.nodes[1 - first].node_id
         assert done.epoch >= 2 and done.attempts >= 1
         assert decode_json(done.result) == {"slept": 2}

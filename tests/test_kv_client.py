@@ -75,3 +75,25 @@ def test_hundreds_of_concurrent_writes_from_one_client_are_all_applied_once(
             assert ErrorCode.STALE_REQUEST not in refusals
 
     anyio.run(scenario, local_cluster.directory)
+
+
+def test_a_write_refused_as_session_expired_goes_again_under_a_new_session(
+    local_cluster: LocalCluster,
+) -> None:
+    _single_voter(local_cluster)
+
+    async def scenario(directory: Path) -> None:
+        async with KVClient.connect(directory) as kv:
+            # A session the store never saw open (its first write's fate unknown,
+            # say): its next seq is refused as session_expired, and nothing applied.
+            unknown = _Session(f"{kv.client_id}/lost", next_seq=7, started=True)
+            kv._sessions.append(unknown)
+            with anyio.fail_after(30):
+                response = await kv.put("k", "v")
+            assert response.ok and response.version == 1
+            assert kv.counters["sessions_restarted"] == 1
+            assert unknown not in kv._sessions
+            item = await kv.get("k")
+            assert item is not None and item.version == 1  # applied once
+
+    anyio.run(scenario, local_cluster.directory)
