@@ -19,8 +19,8 @@ committed in the ledger, as each manager measures it) and the decision latency
 node are read before and after the phase and the differences added up, so a
 percentile is a bucket's upper bound (``agents.latency``).
 
-Every process started is stopped at the end (``up`` by SIGTERM, then any node
-still alive by SIGKILL).
+Every process started is stopped at the end (``mesh.up_process.running_up``:
+``up`` by SIGTERM, then any node still alive by SIGKILL).
 
     python scripts/bench_auction.py [--nodes N] [--burst N] [--concurrency C]
                                     [--rate R] [--paced-seconds S] [--json]
@@ -32,8 +32,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,16 +45,10 @@ from agents.contract_net.ledger import KEY_PREFIX, LedgerError, TaskState
 from agents.driver import decode_json
 from agents.latency import histogram_percentile
 from agents.submission import submit_task
+from mesh.errors import ClusterError
 from mesh.kv_client import KVClient
 from mesh.status import gather_status
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
+from mesh.up_process import running_up
 
 
 async def _histograms(cluster: Path) -> dict[str, dict[str, dict[str, int]]]:
@@ -249,37 +241,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-auction-") as tmp:
         cluster = Path(tmp) / "mesh"
-        up = subprocess.Popen(
-            [sys.executable, "-m", "mesh.cli", "up", "--nodes", str(args.nodes),
-             "--dir", str(cluster), "--agents", "demo"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        pids: list[int] = []
         try:
-            assert up.stdout is not None
-            lines = []
-            for line in up.stdout:
-                lines.append(line)
-                if line.startswith("cluster running"):
-                    break
-            else:
-                print("up ended before the cluster ran:\n" + "".join(lines), file=sys.stderr)
-                return 2
-            pids = [n["pid"] for n in json.loads((cluster / "cluster.json").read_text())["nodes"]]
-            phases = anyio.run(_run, cluster, args)
-        finally:
-            if up.poll() is None:
-                up.send_signal(signal.SIGTERM)
-                try:
-                    up.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    up.kill()
-                    up.wait()
-            for pid in pids:
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-            if up.stdout is not None:
-                up.stdout.close()
+            with running_up(cluster, "--nodes", str(args.nodes), "--agents", "demo"):
+                phases = anyio.run(_run, cluster, args)
+        except ClusterError as exc:
+            print(exc, file=sys.stderr)
+            return 2
 
     result = {
         "nodes": args.nodes,

@@ -13,15 +13,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from mesh import up_process
+from mesh.errors import ClusterError
 from mesh.layout import create_node_identity, init_authority
 from mesh.runtime import RUN_FILE_NAME
+from mesh.up_process import UpProcess
+from mesh.up_process import process_alive as pid_alive
 
 T = TypeVar("T")
 
@@ -57,15 +61,6 @@ def run_cli(
     if check and result.returncode != 0:
         pytest.fail(f"agentmesh {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
 
 
 @dataclass
@@ -156,58 +151,15 @@ class LocalCluster:
                 node.process.wait()
 
 
-@dataclass
-class UpProcess:
-    """A running ``agentmesh up`` and the nodes it listed in ``cluster.json``."""
-
-    process: subprocess.Popen[str]
-    nodes: list[dict[str, Any]]
-    printed: str = ""
-    """What ``up`` printed until it reported the cluster running."""
-
-    @property
-    def pids(self) -> list[int]:
-        return [int(n["pid"]) for n in self.nodes]
-
-
 @contextmanager
 def running_up(cluster_dir: Path, *up_args: str) -> Iterator[UpProcess]:
-    """``agentmesh up --dir cluster_dir *up_args`` until it reports the cluster running.
-
-    Afterwards ``up`` is stopped (SIGTERM, then SIGKILL after 30 s) unless the test
-    already did, and any node process still alive is killed, even on failure.
-    """
-    up = subprocess.Popen(
-        [sys.executable, "-m", "mesh.cli", "up", "--dir", str(cluster_dir), *up_args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    pids: list[int] = []
-    try:
-        assert up.stdout is not None
-        lines = []
-        for line in up.stdout:
-            lines.append(line)
-            if line.startswith("cluster running"):
-                break
-        else:
-            pytest.fail("up ended before the cluster ran:\n" + "".join(lines))
-        running = UpProcess(up, json.loads((cluster_dir / "cluster.json").read_text())["nodes"],
-                            "".join(lines))
-        pids = running.pids
+    """``mesh.up_process.running_up``, a failure to start failing the test."""
+    with ExitStack() as stack:
+        try:
+            running = stack.enter_context(up_process.running_up(cluster_dir, *up_args))
+        except ClusterError as exc:
+            pytest.fail(str(exc))
         yield running
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
-        for pid in pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if up.stdout is not None:
-            up.stdout.close()
 
 
 @pytest.fixture
