@@ -328,7 +328,6 @@ class _Started:
     version: int
     """The ledger version of ``record``: after the award, that of the awarded record,
     so the result is one compare-and-set with no read before it."""
-    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -677,7 +676,7 @@ class ContractNetDriver:
         if self.manager.start_auction(record, self.candidates(record.capability), now,
                                       input_summary=f"{len(record.input)} bytes"):
             self._counters["auctions_started"] += 1
-            self._started[record.task_id] = _Started(record, version, now)
+            self._started[record.task_id] = _Started(record, version)
             if len(self._started) > self.settings.events_max:
                 for stale in [t for t in self._started if self.manager.epoch(t) is None]:
                     del self._started[stale]
@@ -723,7 +722,7 @@ class ContractNetDriver:
                 version = await self._transition(step)
                 ok = version is not None
                 if version is not None and isinstance(step, Transition):
-                    self._started[event.task_id] = _Started(step.record, version, started.at)
+                    self._started[event.task_id] = _Started(step.record, version)
                 elif own_lease:
                     await self._revoke(lease_id)
         self._counters["awards_committed" if ok else "awards_lost"] += 1

@@ -287,12 +287,10 @@ class AgentHost:
         places = 1 + self._settings.queue_per_slot
         free = {agent.name: agent.concurrency_max * places for agent in self._agents}
 
-        def offering(cap: str) -> list[Agent]:
-            able = [agent for agent in self._agents if cap in agent.capabilities]
-            return sorted(able, key=lambda agent: len(agent.capabilities))
-
-        for cap in sorted(demand, key=lambda c: sum(a.concurrency_max for a in offering(c))):
-            able = offering(cap)
+        offering = {cap: sorted((a for a in self._agents if cap in a.capabilities),
+                                key=lambda agent: len(agent.capabilities)) for cap in demand}
+        for cap in sorted(demand, key=lambda c: sum(a.concurrency_max for a in offering[c])):
+            able = offering[cap]
             if not able:
                 continue  # held for a capability no agent here offers now: no slot of theirs
             need = demand[cap]

@@ -729,12 +729,12 @@ class Node:
                 await self._local_wanted.wait()
             batch = list(self._local)
             self._local.clear()
-            stepped: dict[int, ProtocolCore] = {}
+            stepped: set[int] = set()
             for out in batch:
                 core = self._core_by_kind[out.kind]
                 for payload in out.payloads:
                     core.step(Incoming(self.node_id, out.kind, payload))
-                stepped[id(core)] = core
+                stepped.add(id(core))
             self.counters.received_local += len(batch)
             for core in self._cores:
                 if id(core) in stepped:
