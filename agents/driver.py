@@ -859,10 +859,10 @@ class ContractNetDriver:
         limit = self.settings.alive_ttl_s - self.settings.lease_margin_s
         return lease_id == self._alive_lease and self._clock() - self._alive_renewed_at < limit
 
-    async def _list_all(self, prefix: str, keep: Callable[[Any], bool] | None = None,
+    async def _list_all(self, prefix: str, pick: Callable[[Any], Any] | None = None,
                         most: int | None = None) -> list[Any] | None:
-        """Every item under ``prefix`` (``keep`` ones only, at most ``most``), in pages;
-        None when a page could not be read."""
+        """Every item under ``prefix`` in pages (or what ``pick`` makes of it, those it
+        makes None left out), at most ``most``; None when a page could not be read."""
         kv = self.node.kv
         found: list[Any] = []
         start_after: str | None = None
@@ -872,7 +872,8 @@ class ContractNetDriver:
             if listed is None:
                 return None
             items, more = listed
-            found.extend(item for item in items if keep is None or keep(item))
+            picked = items if pick is None else (pick(item) for item in items)
+            found.extend(value for value in picked if value is not None)
             if not more or not items:
                 break
             start_after = items[-1].key
@@ -882,21 +883,17 @@ class ContractNetDriver:
         """One pass over the unfinished tasks; True if it claimed or auctioned any (the
         next pass then comes after ``scan_busy_interval_s``)."""
         self._counters["scans"] += 1
-        records: list[tuple[TaskRecord, int]] = []
-
-        def unfinished(item: Any) -> bool:
+        def unfinished(item: Any) -> tuple[TaskRecord, int] | None:
             try:
                 record = decode_record(item.value)
             except LedgerError:
-                return False
-            if record.final:
-                return False
-            records.append((record, item.version))
-            return True
+                return None
+            return None if record.final else (record, item.version)
 
-        if await self._list_all(KEY_PREFIX, unfinished, self.settings.scan_tasks_max) is None:
+        records: list[tuple[TaskRecord, int]] | None = await self._list_all(
+            KEY_PREFIX, unfinished, self.settings.scan_tasks_max)
+        if records is None:
             return False
-        records = records[:self.settings.scan_tasks_max]
         owners = await self._list_all(OWNER_PREFIX)
         alive = await self._list_all(ALIVE_PREFIX)
         runs = await self._list_all(RUN_PREFIX) if any(
