@@ -70,6 +70,7 @@ import hashlib
 import json
 import logging
 import math
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -361,7 +362,9 @@ class ContractNetDriver:
         self.host = host
         self.settings = settings or DriverSettings()
         self._clock = clock
-        self.manager = Manager(node_id=node.node_id, settings=manager_settings)
+        # Batch ids of an earlier life of this node must not be taken for new ones.
+        self.manager = Manager(node_id=node.node_id, settings=manager_settings,
+                               first_batch_id=secrets.randbits(48))
         self.contractor = Contractor(
             node_id=node.node_id,
             capabilities=host.capabilities,
@@ -373,6 +376,7 @@ class ContractNetDriver:
         )
         self._manager_core = _ManagerCore(self.manager, self._adopt, clock)
         self._queue = _Queue()
+        self._calls_waiting = anyio.Event()
         self._handlers = 0
         self._started: dict[str, _Started] = {}
         self._decision_ms = LatencyRecord()
@@ -461,6 +465,7 @@ class ContractNetDriver:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._alive_loop)
             tg.start_soon(self._scan_loop)
+            tg.start_soon(self._call_loop)
             while True:
                 if not self._queue.events:
                     self._queue.wanted = anyio.Event()
@@ -473,6 +478,17 @@ class ContractNetDriver:
                         continue
                     self._handlers += 1
                     tg.start_soon(self._handle, event)
+
+    async def _call_loop(self) -> None:
+        """Send the calls for proposals of auctions started since the last send.
+
+        Auctions are started by handlers that resume together (one Raft answer
+        completes many writes); deferring the send by one turn of the event loop
+        lets their calls go out as one batch, awarded jointly."""
+        while True:
+            await self._calls_waiting.wait()
+            self._calls_waiting = anyio.Event()
+            self._flush()
 
     def _on_submit(self, inbound: Inbound) -> None:
         if len(self._queue.events) >= self.settings.events_max:
@@ -680,7 +696,7 @@ class ContractNetDriver:
             if len(self._started) > self.settings.events_max:
                 for stale in [t for t in self._started if self.manager.epoch(t) is None]:
                     del self._started[stale]
-        self._flush()
+        self._calls_waiting.set()
 
     async def _grant_run_lease(self, task_id: str, epoch: int) -> int | None:
         """A lease of ``lease_ttl_s`` with ``run/<task>`` = epoch under it (the scan

@@ -830,6 +830,7 @@ def test_a_newer_epoch_replaces_the_auction() -> None:
 def test_uninvited_duplicate_and_odd_messages_are_counted() -> None:
     manager = started((A, B), bids_per_auction_max=2)
     manager.start_auction(record("t2"), [A, B, C], 0.0)
+    manager.take_outbox()
     manager.step(Incoming(C, PROPOSE, propose("t2")))
     manager.step(Incoming(A, PROPOSE, propose()))
     manager.step(Incoming(A, PROPOSE, propose()))

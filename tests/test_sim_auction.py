@@ -16,6 +16,8 @@ import pytest
 
 from agents.contract_net.ledger import TaskRecord, TaskState
 from agents.contract_net.messages import INFORM, InformResult
+from agents.contract_net.scoring import ScoringWeights
+from agents.contract_net.settings import ManagerSettings
 from sim.nemesis import FaultKind
 from sim.scenario import RunOptions, RunResult
 from sim.scenarios.auction import (
@@ -23,7 +25,9 @@ from sim.scenarios.auction import (
     AuctionRun,
     AuctionScenario,
     LedgerWrite,
+    default_score_at_rest,
     min_cost_assignment,
+    quoted_cost,
 )
 
 ALL_FAULTS = frozenset(FaultKind)
@@ -276,6 +280,27 @@ def test_allocation_cost_is_measured_against_the_optimum() -> None:
     assert result.metrics["allocation_cost_ratio"] == pytest.approx(actual / optimal)
     # One node: every task goes to its only contractor, which is the optimum.
     assert run(1, 1, 10).metrics["allocation_cost_ratio"] == 1.0
+
+
+ALLOCATION_SEEDS = [1, 5, 9, 12, 23]
+
+
+@pytest.mark.parametrize("seed", ALLOCATION_SEEDS)
+def test_a_batch_is_awarded_at_the_optimum_of_its_score(seed: int) -> None:
+    scenario = AuctionScenario()
+    (cost, best_cost), (score, best_score) = scenario.allocation_measures(
+        seed, 10, [quoted_cost, default_score_at_rest])
+    assert score == pytest.approx(best_score)
+    # The default score also buys an earlier finish: the cost may be higher, a little.
+    assert best_cost <= cost <= 1.2 * best_cost
+
+
+@pytest.mark.parametrize("seed", ALLOCATION_SEEDS)
+def test_scoring_cost_alone_awards_the_cheapest_assignment(seed: int) -> None:
+    settings = ManagerSettings(bid_window_s=0.5, no_bid_backoff_s=0.5, no_bid_rounds_max=3,
+                               weights=ScoringWeights(finish_time=0.0, load=0.0))
+    cost, best = AuctionScenario(manager_settings=settings).allocation_batch(seed, 10)
+    assert cost == pytest.approx(best)
 
 
 def test_allocation_batch_is_skipped_for_large_clusters() -> None:

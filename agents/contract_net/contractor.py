@@ -4,8 +4,9 @@ How this works
 --------------
 A ``cnet.cfp`` is answered at once:
 
-- ``cnet.refuse`` when this node lacks the capability, when its running tasks plus
-  outstanding bids reach ``tasks_running_max`` (or ``offers_max``), when the
+- ``cnet.refuse`` when this node lacks the capability, when the places it holds
+  (running tasks, outstanding bids, places held for batches) reach
+  ``tasks_running_max`` (or its bids ``offers_max``), when the
   optional ``room`` check says the agents able to do this capability have no
   place left for it (it is given the tasks held per capability, running or bid
   on), when the estimator declines, or when it already runs that task epoch. A
@@ -17,6 +18,16 @@ A ``cnet.cfp`` is answered at once:
   manager rejects it, and counts against the limits meanwhile, so winning every
   bid never overcommits the node. (Managers reject the losing bids as soon as
   they decide, so a bid holds its place for about one round trip.)
+
+Calls a manager sent as one batch (``batch_id``, ``batch_size`` > 1) are treated
+as one request for places: the contractor holds a place for each call of the
+batch while it has room, and once it has none left it still bids on the batch's
+other calls without holding more, saying in every bid (``capacity``) how many
+places it holds for the batch. The manager then awards the batch jointly and
+gives this node at most that many of its tasks: the cheapest contractor's
+places go to the tasks where they save the most, not to the calls that happened
+to arrive first. As the batch's bids are rejected, accepted or expire, the
+places it holds shrink to the bids still open.
 
 A manager's ``cnet.query`` about an award is answered with
 ``cnet.progress(running=True)`` while the task runs, with the result again when
@@ -99,6 +110,8 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
         "offers_expired": "bids forgotten after their window plus award_grace_s",
         "accepts_received": "accepts that started a task",
         "accepts_unknown": "accepts for a bid not (or no longer) held: answered with failure",
+        "accepts_overbooked": "accepts beyond the places held for their batch (run anyway)",
+        "proposals_overbooked": "bids on a batch's calls beyond the places held for it",
         "accepts_duplicate": "accepts for a task epoch already running",
         "rejects_received": "rejects that dropped a bid",
         "rejects_unknown": "rejects for a bid not held",
@@ -136,6 +149,8 @@ def fixed_estimator(estimate: Estimate) -> Estimator:
 
 
 _TaskKey = tuple[str, int]
+_GroupKey = tuple[bytes, int]
+"""(manager, batch id): the calls one manager sent as one batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +158,21 @@ class _Offer:
     manager: bytes
     cfp: CallForProposals
     expires_at: float
+    group: _GroupKey | None = None
+
+
+@dataclass(slots=True)
+class _Group:
+    """The places held for one batch: per capability, places held and bids open."""
+
+    places: dict[str, int]
+    bids: dict[str, int]
+
+    def places_total(self) -> int:
+        return sum(self.places.values())
+
+    def bids_total(self) -> int:
+        return sum(self.bids.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +202,9 @@ class Contractor:
         self._lease_id: int | None = None
         self._now = now
         self._offers: dict[_TaskKey, _Offer] = {}
+        self._groups: dict[_GroupKey, _Group] = {}
+        self._grouped_offers = 0
+        self._group_places = 0
         self._running: dict[_TaskKey, _Running] = {}
         self._results: dict[_TaskKey, InformResult] = {}  # the newest last
         self._results_bytes = 0
@@ -225,6 +258,12 @@ class Contractor:
         """Outstanding bids."""
         return len(self._offers)
 
+    @property
+    def places_held(self) -> int:
+        """Places spoken for: running tasks, bids on their own and places held for
+        batches (which may have more bids than places)."""
+        return len(self._running) + len(self._offers) - self._grouped_offers + self._group_places
+
     def take_outbox(self) -> list[Outgoing]:
         """Remove and return the messages produced since the last call, in order."""
         outbox, self._outbox = self._outbox, []
@@ -254,7 +293,7 @@ class Contractor:
         self._now = max(self._now, now)
         expired = [key for key, offer in self._offers.items() if offer.expires_at <= self._now]
         for key in expired:
-            del self._offers[key]
+            self._release(key)
         self._counters["offers_expired"] += len(expired)
 
     # -- the driver reports --------------------------------------------------------
@@ -329,7 +368,14 @@ class Contractor:
     def _on_cfp(self, manager: bytes, cfp: CallForProposals) -> None:
         self._counters["cfps_received"] += 1
         key = (cfp.task_id, cfp.epoch)
+        if key in self._offers and key not in self._running:
+            self._release(key)  # a new round of a call already bid on: bid again in its place
+        group_key = (manager, cfp.batch_id) if cfp.batch_id is not None and cfp.batch_size > 1 \
+            else None
         reason = self._refusal(key, cfp)
+        holds_place = reason is None
+        if reason == "busy" and group_key is not None and self._may_overbook(group_key):
+            reason, holds_place = None, False
         estimate = None
         if reason is None:
             estimate = self._estimator(cfp)
@@ -338,7 +384,14 @@ class Contractor:
         if estimate is None:
             self._refuse(manager, cfp, reason or "declined", busy=reason == "busy")
             return
-        held = len(self._running) + len(self._offers) - (key in self._offers)
+        held = self.places_held
+        group = self._groups.get(group_key) if group_key is not None else None
+        capacity = None
+        if group_key is not None:
+            batch_places = group.places_total() if group is not None else 0
+            capacity = batch_places + holds_place
+            # The load before the batch: every bid of one batch quotes the same.
+            held -= batch_places
         try:
             propose = Propose(
                 task_id=cfp.task_id,
@@ -349,15 +402,33 @@ class Contractor:
                 load=held / self._settings.tasks_running_max,
                 confidence=estimate.confidence,
                 lease_id=self._lease_id,
+                capacity=capacity,
             )
         except ValidationError:  # the estimator quoted a negative or infinite number
             self._counters["refused_declined"] += 1
             self._refuse(manager, cfp, "bad estimate")
             return
         expires_at = self._now + cfp.bid_window_ms / 1000 + self._settings.award_grace_s
-        self._offers[key] = _Offer(manager, cfp, expires_at)
+        self._offers[key] = _Offer(manager, cfp, expires_at, group_key)
+        if group_key is not None:
+            if group is None:
+                group = self._groups[group_key] = _Group({}, {})
+            group.bids[cfp.capability] = group.bids.get(cfp.capability, 0) + 1
+            self._grouped_offers += 1
+            if holds_place:
+                group.places[cfp.capability] = group.places.get(cfp.capability, 0) + 1
+                self._group_places += 1
+            else:
+                self._counters["proposals_overbooked"] += 1
         self._counters["proposals_sent"] += 1
         self._outbox.append(Outgoing(PROPOSE, (propose,), to_node=manager))
+
+    def _may_overbook(self, group_key: _GroupKey) -> bool:
+        """Whether a busy node may still bid on a call of this batch: it holds a
+        place for the batch already, and the table of bids has room."""
+        group = self._groups.get(group_key)
+        return (group is not None and group.places_total() > 0
+                and len(self._offers) < self._settings.offers_max)
 
     def _refusal(self, key: _TaskKey, cfp: CallForProposals) -> str | None:
         if cfp.capability not in self._capabilities:
@@ -366,11 +437,8 @@ class Contractor:
         if key in self._running:
             self._counters["refused_running"] += 1
             return "already running"
-        if key in self._offers:
-            return None  # a new round of a call already bid on: bid again in its place
-        held = len(self._running) + len(self._offers)
         if (
-            held >= self._settings.tasks_running_max
+            self.places_held >= self._settings.tasks_running_max
             or len(self._offers) >= self._settings.offers_max
         ):
             self._counters["refused_busy"] += 1
@@ -383,10 +451,45 @@ class Contractor:
     def _held_by_capability(self) -> dict[str, int]:
         held: dict[str, int] = {}
         for offer in self._offers.values():
-            held[offer.cfp.capability] = held.get(offer.cfp.capability, 0) + 1
+            if offer.group is None:
+                held[offer.cfp.capability] = held.get(offer.cfp.capability, 0) + 1
+        for group in self._groups.values():
+            for capability, places in group.places.items():
+                held[capability] = held.get(capability, 0) + places
         for running in self._running.values():
             held[running.capability] = held.get(running.capability, 0) + 1
         return held
+
+    def _release(self, key: _TaskKey, *, started: bool = False) -> _Offer:
+        """Forget the bid ``key`` (it was rejected, expired, re-called or, with
+        ``started``, accepted: then it takes one of its batch's places with it)
+        and shrink its batch's places to the batch's open bids."""
+        offer = self._offers.pop(key)
+        if offer.group is None:
+            return offer
+        group = self._groups[offer.group]
+        capability = offer.cfp.capability
+        self._grouped_offers -= 1
+        group.bids[capability] -= 1
+        if started:
+            if group.places_total() == 0:
+                self._counters["accepts_overbooked"] += 1
+            else:
+                self._drop_place(group, capability if group.places.get(capability) else
+                                 max(group.places, key=lambda c: group.places[c]))
+        while group.places_total() > group.bids_total():
+            # Keep the places of the capabilities that still have bids open.
+            self._drop_place(group, max(group.places,
+                                        key=lambda c: group.places[c] - group.bids.get(c, 0)))
+        if group.bids_total() == 0:
+            del self._groups[offer.group]
+        return offer
+
+    def _drop_place(self, group: _Group, capability: str) -> None:
+        group.places[capability] -= 1
+        if not group.places[capability]:
+            del group.places[capability]
+        self._group_places -= 1
 
     def _on_accept(self, manager: bytes, accept: AcceptProposal) -> None:
         key = (accept.task_id, accept.epoch)
@@ -398,7 +501,7 @@ class Contractor:
             self._counters["accepts_unknown"] += 1
             self._send_failure(manager, accept.task_id, accept.epoch, "no bid held for this award")
             return
-        del self._offers[key]
+        self._release(key, started=True)
         self._running[key] = _Running(manager, offer.cfp.capability)
         self._counters["accepts_received"] += 1
         cfp = offer.cfp
@@ -421,7 +524,7 @@ class Contractor:
         if offer is None or offer.manager != manager:
             self._counters["rejects_unknown"] += 1
             return
-        del self._offers[key]
+        self._release(key)
         self._counters["rejects_received"] += 1
 
     def _refuse(

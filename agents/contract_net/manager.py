@@ -14,10 +14,22 @@ Per task the manager keeps one ``_Auction`` that moves through phases:
     places the cluster has would otherwise draw busy refusals and retries from all
     of them at once, while the window settles near what the cluster can take.
 ``COLLECTING``
-    ``start_auction`` (or the window) sent a ``cnet.cfp`` to every candidate (at most
-    ``bids_per_auction_max``). Proposals and refusals of this epoch and round from
-    invited nodes are kept, one per node. At the bid deadline (``tick``), or as
-    soon as every invitee answered, the manager decides.
+    ``start_auction`` (or the window) called for proposals from every candidate (at
+    most ``bids_per_auction_max``). Proposals and refusals of this epoch and round
+    from invited nodes are kept, one per node. At the bid deadline (``tick``), or
+    as soon as every invitee answered, the manager decides.
+
+    The calls go out with the next ``take_outbox``, and the auctions that entered
+    this phase since the previous one go out as *batches* of up to
+    ``batch_tasks_max`` tasks. A batch is decided at once, when every invitee of
+    every task in it answered or at the deadline, and *jointly*: every task gets
+    one of its bidders, no contractor more tasks than the places it holds for the
+    batch (``Propose.capacity``), and the sum of the winners' scores is the least
+    such an assignment allows (``assignment``: the Hungarian method). Deciding one
+    task at a time instead would give the cheapest contractor's few places to the
+    calls that reached it first. A task left without a place (the batch had more
+    tasks than its bidders had places) is rejected to its bidders and waits as
+    after a busy round.
 ``BACKOFF``
     No bid at all: the manager waits (``no_bid_backoff_s``, doubling each round)
     and then calls for proposals again at the same epoch with the next round
@@ -65,6 +77,7 @@ from types import MappingProxyType
 
 from pydantic import BaseModel, ValidationError
 
+from agents.contract_net.assignment import assign_places
 from agents.contract_net.events import (
     AwardDecision,
     FailureReported,
@@ -76,6 +89,7 @@ from agents.contract_net.ledger import TaskRecord, TaskState
 from agents.contract_net.messages import (
     ACCEPT,
     CFP,
+    EPOCH_MAX,
     FAILURE,
     INFORM,
     PROGRESS,
@@ -121,6 +135,8 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
         "rounds_without_bids": "auction rounds that ended without a single bid",
         "rounds_busy": "rounds without a bid in which a capable contractor was busy",
         "rounds_held": "rounds that waited for room in their capability's window",
+        "rounds_outbid": "rounds whose bidders' places all went to other tasks of the batch",
+        "batches_sent": "batches of two or more calls for proposals sent",
         "auctions_given_up": "auctions ended by NoBids (no_bid_rounds_max or busy_wait_max_s)",
         "awards_committed": "award_committed(ok=True): accept sent to the winner",
         "awards_lost": "award_committed(ok=False): the ledger CAS lost, all bidders rejected",
@@ -160,7 +176,17 @@ class _Window:
     waiting: deque[str] = field(default_factory=deque)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
+class _Batch:
+    """Auctions whose calls went out together and are decided together."""
+
+    batch_id: int
+    members: list[_Auction]
+    capacities: dict[bytes, int] = field(default_factory=dict)
+    """Bidder -> the most places it said it holds for the batch."""
+
+
+@dataclass(slots=True, eq=False)
 class _Auction:
     cfp: CallForProposals
     candidates: tuple[bytes, ...]
@@ -180,6 +206,8 @@ class _Auction:
     busy_since: float | None = None
     """When the current run of busy rounds began."""
     winner: bytes | None = None
+    batch: _Batch | None = None
+    """The batch of this round's call, once sent in one."""
 
     @property
     def epoch(self) -> int:
@@ -198,13 +226,19 @@ class Manager:
         node_id: bytes,
         settings: ManagerSettings | None = None,
         score: ScoreFunction | None = None,
+        first_batch_id: int = 0,
     ) -> None:
+        """``first_batch_id``: where batch ids start; a restarted manager should
+        start elsewhere (the driver draws it at random), so that contractors do
+        not mistake a new batch for one of its previous life."""
         self._node_id = node_id
         self._settings = settings if settings is not None else ManagerSettings()
         self._score = score if score is not None else weighted_score(self._settings.weights)
         self._auctions: dict[str, _Auction] = {}
         self._windows: dict[str, _Window] = {}
         self._admitting: set[str] = set()
+        self._unsent: list[_Auction] = []
+        self._next_batch_id = first_batch_id
         self._outbox: list[Outgoing] = []
         self._events: list[ManagerEvent] = []
         self._counters = dict.fromkeys(COUNTERS, 0)
@@ -223,7 +257,11 @@ class Manager:
         return MappingProxyType(self._counters)
 
     def take_outbox(self) -> list[Outgoing]:
-        """Remove and return the messages produced since the last call, in order."""
+        """Remove and return the messages produced since the last call, in order;
+        the calls for proposals of auctions started since then come last, batched
+        (see the module docstring)."""
+        if self._unsent:
+            self._send_calls()
         outbox, self._outbox = self._outbox, []
         return outbox
 
@@ -389,8 +427,11 @@ class Manager:
         self._now = max(self._now, now)
         for auction in [a for a in self._auctions.values() if a.due <= now]:
             if auction.phase is AuctionPhase.COLLECTING:
-                self._counters["decisions_at_deadline"] += 1
-                self._decide(auction, now)
+                if auction.batch is not None:
+                    self._decide_batch(auction.batch, now, early=False)
+                else:
+                    self._counters["decisions_at_deadline"] += 1
+                    self._decide(auction, now)
             elif auction.phase is AuctionPhase.BACKOFF:
                 auction.cfp = auction.cfp.model_copy(update={"round": auction.cfp.round + 1})
                 auction.phase = AuctionPhase.WAITING
@@ -482,18 +523,47 @@ class Manager:
         if auction.phase in (AuctionPhase.COLLECTING, AuctionPhase.DECIDING):
             self._reject_bidders(auction, reason)
         self._auctions.pop(auction.cfp.task_id, None)
+        batch = auction.batch
+        if batch is not None and auction.phase is AuctionPhase.COLLECTING:
+            batch.members.remove(auction)
+            auction.batch = None
+            if batch.members and self._batch_answered(batch):
+                self._decide_batch(batch, self._now, early=True)
 
     def _call(self, auction: _Auction, now: float) -> None:
         self._window_of(auction.cfp.capability).collecting += 1
         auction.round_started = now
         auction.answers = {}
         auction.busy_refusals = 0
+        auction.batch = None
         auction.due = now + self._settings.bid_window_s
-        for node in auction.candidates:
-            self._outbox.append(Outgoing(CFP, (auction.cfp,), to_node=node))
-        self._counters["cfps_sent"] += len(auction.candidates)
         if not auction.candidates:
             self._decide(auction, now)
+            return
+        self._unsent.append(auction)
+
+    def _send_calls(self) -> None:
+        """Send the calls of the auctions started since the last ``take_outbox``, in
+        batches of up to ``batch_tasks_max`` (a batch of one is a plain call)."""
+        unsent = [auction for auction in self._unsent
+                  if self._auctions.get(auction.cfp.task_id) is auction
+                  and auction.phase is AuctionPhase.COLLECTING]
+        self._unsent = []
+        size = self._settings.batch_tasks_max
+        for start in range(0, len(unsent), size):
+            chunk = unsent[start:start + size]
+            if len(chunk) > 1:
+                batch = _Batch(self._next_batch_id, chunk)
+                self._next_batch_id = (self._next_batch_id + 1) % EPOCH_MAX
+                self._counters["batches_sent"] += 1
+                for auction in chunk:
+                    auction.batch = batch
+                    auction.cfp = auction.cfp.model_copy(
+                        update={"batch_id": batch.batch_id, "batch_size": len(chunk)})
+            for auction in chunk:
+                for node in auction.candidates:
+                    self._outbox.append(Outgoing(CFP, (auction.cfp,), to_node=node))
+                self._counters["cfps_sent"] += len(auction.candidates)
 
     def _on_answer(self, sender: bytes, payload: Propose | Refuse) -> None:
         auction = self._auctions.get(payload.task_id)
@@ -507,18 +577,56 @@ class Manager:
         elif sender in auction.answers:
             self._counters["messages_duplicate"] += 1
         else:
+            batch = auction.batch
             if isinstance(payload, Propose):
                 self._counters["bids_received"] += 1
                 auction.answers[sender] = Bid(sender, payload.cost, payload.duration_s,
                                               payload.load, payload.confidence, payload.lease_id)
+                if batch is not None:
+                    batch.capacities[sender] = max(batch.capacities.get(sender, 0),
+                                                   payload.capacity or 1)
             else:
                 self._counters["refusals_received"] += 1
                 auction.answers[sender] = None
                 auction.busy_refusals += payload.busy
-            if len(auction.answers) == len(auction.candidates):
+            # Every invitee answered: no reason to wait for the deadline.
+            if batch is not None:
+                if self._batch_answered(batch):
+                    self._decide_batch(batch, self._now, early=True)
+            elif len(auction.answers) == len(auction.candidates):
                 self._counters["decisions_early"] += 1
-                # Every invitee answered: no reason to wait for the deadline.
                 self._decide(auction, self._now)
+
+    @staticmethod
+    def _batch_answered(batch: _Batch) -> bool:
+        return all(len(auction.answers) == len(auction.candidates) for auction in batch.members)
+
+    def _decide_batch(self, batch: _Batch, now: float, *, early: bool) -> None:
+        """Decide every auction of ``batch`` together (see the module docstring)."""
+        members = [auction for auction in batch.members
+                   if self._auctions.get(auction.cfp.task_id) is auction
+                   and auction.phase is AuctionPhase.COLLECTING]
+        batch.members = []
+        self._counters["decisions_early" if early else "decisions_at_deadline"] += len(members)
+        rows: list[dict[bytes, float]] = []
+        bidding: list[_Auction] = []
+        for auction in members:
+            auction.batch = None
+            self._leave_collecting(auction)
+            bids = [bid for bid in auction.answers.values() if bid is not None]
+            if bids:
+                bidding.append(auction)
+                rows.append({bid.node_id: self._score(bid, now) for bid in bids})
+        places = assign_places(_finite_scores(rows), batch.capacities)
+        chosen = dict(zip((id(auction) for auction in bidding), places, strict=True))
+        try:
+            for auction in members:
+                winner = chosen.get(id(auction))
+                self._decide_round(auction, now, winner=winner,
+                                   outbid=id(auction) in chosen and winner is None)
+        finally:
+            for capability in dict.fromkeys(auction.cfp.capability for auction in members):
+                self._admit(capability, now)
 
     def _decide(self, auction: _Auction, now: float) -> None:
         self._leave_collecting(auction)
@@ -527,25 +635,34 @@ class Manager:
         finally:
             self._admit(auction.cfp.capability, now)
 
-    def _decide_round(self, auction: _Auction, now: float) -> None:
+    def _decide_round(self, auction: _Auction, now: float, *, winner: bytes | None = None,
+                      outbid: bool = False) -> None:
+        """Award the round to ``winner`` (default: the best-ranked bid), or back off:
+        no bids, or (``outbid``) no place left for this task in its batch."""
         bids = [bid for bid in auction.answers.values() if bid is not None]
         window = self._window_of(auction.cfp.capability)
-        if bids:
+        if bids and not outbid:
             window.size = min(float(self._settings.window_max), window.size + 1 / window.size)
-            ranked = tuple(rank_bids(bids, now, self._score))
+            ranked = rank_bids(bids, now, self._score)
+            if winner is not None:  # the batch's choice first, the others in rank order
+                ranked.sort(key=lambda bid: bid.node_id != winner)
             auction.winner = ranked[0].node_id
             auction.phase = AuctionPhase.DECIDING
             self._events.append(
-                AwardDecision(auction.cfp.task_id, auction.epoch, ranked[0], ranked)
+                AwardDecision(auction.cfp.task_id, auction.epoch, ranked[0], tuple(ranked))
             )
             self._reject_bidders(auction, "another bid won", sparing=auction.winner)
             auction.answers = {auction.winner: ranked[0]}
             return
-        self._counters["rounds_without_bids"] += 1
         settings = self._settings
+        if outbid:
+            self._counters["rounds_outbid"] += 1
+            self._reject_bidders(auction, "the places bid went to other tasks of the batch")
+        else:
+            self._counters["rounds_without_bids"] += 1
         auction.phase = AuctionPhase.BACKOFF
-        if auction.busy_refusals:
-            self._counters["rounds_busy"] += 1
+        if auction.busy_refusals or outbid:
+            self._counters["rounds_busy"] += not outbid
             window.size = max(1.0, window.size / 2)
             if auction.busy_since is None:
                 auction.busy_since = now
@@ -605,3 +722,12 @@ class Manager:
         for node in auction.bidders():
             if node != sparing:
                 self._outbox.append(Outgoing(REJECT, (reject,), to_node=node))
+
+
+def _finite_scores(rows: list[dict[bytes, float]]) -> list[dict[bytes, float]]:
+    """``rows`` with scores that are not finite numbers (a plugged function's bug)
+    replaced by one worse than every finite score, as ``rank_bids`` ranks them last."""
+    finite = [score for row in rows for score in row.values() if math.isfinite(score)]
+    worst = (max(finite) + abs(max(finite)) + 1.0) if finite else 1.0
+    return [{node: score if math.isfinite(score) else worst for node, score in row.items()}
+            for row in rows]

@@ -10,6 +10,10 @@ How this works (FIPA Contract Net, one task epoch at a time):
 3. ``cnet.accept`` to the winner once the award is committed in the Raft task
    ledger, ``cnet.reject`` to the other bidders (and to the winner too when the
    ledger compare-and-set lost to another manager).
+   Calls for proposals a manager sends out together carry one ``batch_id``: a
+   contractor may bid on every task of a batch while holding only the places it
+   has (it says how many in ``capacity``), and the manager awards the batch
+   jointly within those capacities (see ``manager`` and ``contractor``).
 4. ``cnet.inform`` (the result, or its digest and where to fetch it) or
    ``cnet.failure`` (with a reason), contractor -> manager.
 
@@ -35,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ACCEPT",
+    "BATCH_TASKS_MAX",
     "BID_WINDOW_MS_MAX",
     "CAPABILITY_CHARS_MAX",
     "CFP",
@@ -102,6 +107,8 @@ LOCATION_CHARS_MAX = 1024
 """Longest result location (a URL, a KV key, a path on the contractor)."""
 EPOCH_MAX = 2**63 - 1
 """Largest epoch, round or lease id on the wire (a signed 64-bit integer)."""
+BATCH_TASKS_MAX = 1024
+"""Most tasks one batch of calls for proposals may hold."""
 BID_WINDOW_MS_MAX = 3_600_000
 """Longest bid window: one hour."""
 ESTIMATE_MAX = 1e12
@@ -143,6 +150,10 @@ class CallForProposals(_Payload):
         default_factory=dict, max_length=CONSTRAINTS_MAX
     )
     bid_window_ms: int = Field(ge=1, le=BID_WINDOW_MS_MAX)
+    batch_id: int | None = Field(default=None, ge=0, le=EPOCH_MAX)
+    """Set when the manager called for ``batch_size`` tasks at once and will award
+    them jointly (None: this task alone)."""
+    batch_size: int = Field(default=1, ge=1, le=BATCH_TASKS_MAX)
 
 
 
@@ -166,6 +177,9 @@ class Propose(_Payload):
     """A KV lease the contractor keeps alive while it is up: the award may be
     recorded under it, so the task reopens when the contractor stops renewing it
     (None: the manager grants one for the award)."""
+    capacity: int | None = Field(default=None, ge=1, le=BATCH_TASKS_MAX)
+    """For a call in a batch: how many of the batch's tasks this contractor holds
+    places for, at most (None: the bid holds its own place)."""
 
 
 class Refuse(_Payload):

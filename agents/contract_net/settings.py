@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from agents.contract_net.messages import BATCH_TASKS_MAX
 from agents.contract_net.scoring import ScoringWeights
 from mesh.errors import ConfigError
 
@@ -58,6 +59,11 @@ class ManagerSettings:
     window_max: int = 1024
     """Largest window: bounds the calls for proposals one manager has out at once
     for one capability."""
+    batch_tasks_max: int = 16
+    """Most auctions one batch of calls for proposals holds (the auctions started
+    between two sends go out as batches and are awarded jointly, see ``manager``).
+    Larger batches place more tasks at their best; the joint award's cost grows
+    with the batch's tasks squared times its bidders' places."""
     weights: ScoringWeights = field(default_factory=ScoringWeights)
     """Weights of the default scoring function (a custom one may be injected)."""
 
@@ -69,6 +75,10 @@ class ManagerSettings:
         _positive_int(self.progress_unanswered_max, "progress_unanswered_max")
         _positive_seconds(self.progress_check_s, "progress_check_s", 3600.0)
         _positive_int(self.window_max, "window_max")
+        _positive_int(self.batch_tasks_max, "batch_tasks_max")
+        if self.batch_tasks_max > BATCH_TASKS_MAX:
+            raise ConfigError(f"batch_tasks_max ({self.batch_tasks_max}) must be at most "
+                              f"{BATCH_TASKS_MAX}")
         if self.window_max < self.window_initial:
             raise ConfigError("window_max must be at least window_initial")
         _positive_seconds(self.bid_window_s, "bid_window_s", 3600.0)
