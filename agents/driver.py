@@ -44,16 +44,18 @@ cover the messages that can be lost while both ends live: a lost accept or
 result ends the attempt or brings the result again.
 
 The periodic scan (every ``scan_interval_s``, ``scan_busy_interval_s`` after one
-that found work) reads the unfinished tasks (at most ``scan_tasks_max``) and the
-``owner/``, ``alive/`` and ``run/`` keys, then: a task it owns that is open and
-not auctioned here is auctioned; one awarded under a lease that no longer holds
-its contractor's ``alive`` key (nor its ``run`` key) is reopened
-(``ledger.reopen``) and re-auctioned; one awarded by a manager that stopped is
-adopted (progress queries); a task with no owner (written straight to the
-ledger, as ``agentmesh task submit`` does when no node takes it) or whose owner's
-``alive`` key is gone is claimed by compare-and-set on ``owner/<id>``, at once by
-the live node it hashes to, by others after ``claim_delay_s``. A snapshot older
-than what this driver wrote since is not acted on.
+that found work) reads the unfinished tasks (at most ``scan_tasks_max``, found
+through the ledger's ``unfinished/`` index, so a scan costs what is in flight,
+not what the mesh ever ran) and the ``owner/``, ``alive/`` and ``run/`` keys,
+then: a task it owns that is open and not auctioned here is auctioned; one
+awarded under a lease that no longer holds its contractor's ``alive`` key (nor
+its ``run`` key) is reopened (``ledger.reopen``) and re-auctioned; one awarded
+by a manager that stopped is adopted (progress queries); a task with no owner
+(written straight to the ledger, as ``agentmesh task submit`` does when no node
+takes it) or whose owner's ``alive`` key is gone is claimed by compare-and-set
+on ``owner/<id>``, at once by the live node it hashes to, by others after
+``claim_delay_s``. A snapshot older than what this driver wrote since is not
+acted on.
 
 Limits: every KV call is bounded by ``kv_timeout_s``; the event queue and the
 tasks carrying events out are bounded (``events_max``, ``handlers_max``): what
@@ -91,7 +93,8 @@ from agents.contract_net.events import (
     StartTask,
 )
 from agents.contract_net.ledger import (
-    KEY_PREFIX,
+    OWNER_PREFIX,
+    UNFINISHED_PREFIX,
     BidRecord,
     LedgerError,
     Refusal,
@@ -109,6 +112,7 @@ from agents.submission import SUBMIT, SUBMIT_ANSWER, SubmitAnswer, SubmitTask
 from consensus.core import Incoming, Outgoing
 from consensus.kvstore import ErrorCode
 from mesh.errors import ConfigError, MeshError
+from mesh.kv_messages import GET_MANY_KEYS_MAX
 from mesh.runtime import Inbound
 
 __all__ = [
@@ -125,8 +129,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OWNER_PREFIX = "owner/"
-"""``owner/<task id>``: the node id of the node managing the task."""
 ALIVE_PREFIX = "alive/"
 """``alive/<node id hex>``: present (under a lease) while that node's driver runs."""
 RUN_PREFIX = "run/"
@@ -148,6 +150,7 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
         "scans": "periodic scans of the ledger",
         "events_dropped": "core events dropped: the queue or the handler limit was full",
         "kv_errors": "KV calls that failed or timed out",
+        "records_malformed": "unfinished task records the scan could not decode",
         "errors": "other errors while carrying out an event (logged)",
     }
 )
@@ -899,15 +902,12 @@ class ContractNetDriver:
         """One pass over the unfinished tasks; True if it claimed or auctioned any (the
         next pass then comes after ``scan_busy_interval_s``)."""
         self._counters["scans"] += 1
-        def unfinished(item: Any) -> tuple[TaskRecord, int] | None:
-            try:
-                record = decode_record(item.value)
-            except LedgerError:
-                return None
-            return None if record.final else (record, item.version)
-
-        records: list[tuple[TaskRecord, int]] | None = await self._list_all(
-            KEY_PREFIX, unfinished, self.settings.scan_tasks_max)
+        task_ids: list[str] | None = await self._list_all(
+            UNFINISHED_PREFIX, lambda item: item.key[len(UNFINISHED_PREFIX):],
+            self.settings.scan_tasks_max)
+        if task_ids is None:
+            return False
+        records = await self._read_unfinished(task_ids)
         if records is None:
             return False
         owners = await self._list_all(OWNER_PREFIX)
@@ -966,6 +966,26 @@ class ContractNetDriver:
             for record, version, claim_version in work:
                 tg.start_soon(one, record, version, claim_version)
         return busy
+
+    async def _read_unfinished(self, task_ids: list[str]) -> list[tuple[TaskRecord, int]] | None:
+        """The records (and versions) of ``task_ids`` still unfinished, read in pages of
+        ``GET_MANY_KEYS_MAX`` keys; None when a read failed."""
+        kv = self.node.kv
+        found: list[tuple[TaskRecord, int]] = []
+        for start in range(0, len(task_ids), GET_MANY_KEYS_MAX):
+            keys = [ledger.task_key(t) for t in task_ids[start:start + GET_MANY_KEYS_MAX]]
+            items = await self._kv(lambda keys=keys: kv.get_many(keys))  # type: ignore[misc]
+            if items is None:
+                return None
+            for item in items:
+                try:
+                    record = decode_record(item.value)
+                except LedgerError:
+                    self._counters["records_malformed"] += 1
+                    continue
+                if not record.final:
+                    found.append((record, item.version))
+        return found
 
     @staticmethod
     def _preferred(task_id: str, live: set[bytes]) -> bytes:

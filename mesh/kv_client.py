@@ -57,7 +57,16 @@ from consensus.kvstore import (
 from consensus.trusted import trusted
 from mesh.config import RaftConfig
 from mesh.errors import MeshError
-from mesh.kv_messages import KV_ANSWER, KV_CALL, KVAnswer, KVCall, KVItem, KVLock, ReadOp
+from mesh.kv_messages import (
+    GET_MANY_KEYS_MAX,
+    KV_ANSWER,
+    KV_CALL,
+    KVAnswer,
+    KVCall,
+    KVItem,
+    KVLock,
+    ReadOp,
+)
 
 if TYPE_CHECKING:
     from mesh.raft_service import RaftService
@@ -232,6 +241,16 @@ class KVClient:
     async def delete(self, key: str) -> Response:
         """Remove ``key``; the response's error is ``not_found`` if it was absent."""
         return await self.write(Delete(key))
+
+    async def get_many(self, keys: Sequence[str]) -> list[KVItem]:
+        """The items of those of ``keys`` that exist, in the order asked, read at one
+        point of the log (linearizable); at most ``GET_MANY_KEYS_MAX`` keys."""
+        if len(keys) > GET_MANY_KEYS_MAX:
+            raise ValueError(f"{len(keys)} keys, more than {GET_MANY_KEYS_MAX} in one read")
+        if not keys:
+            return []
+        answer = await self._call(read="get_many", keys=list(keys))
+        return answer.items
 
     async def list(
         self, prefix: str = "", *, limit: int = 1000, start_after: str | None = None

@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "GET_MANY_KEYS_MAX",
     "KV_ANSWER",
     "KV_CALL",
     "KVAnswer",
@@ -39,7 +40,9 @@ _TEXT_CHARS_MAX = 4096
 _COMMAND_BYTES_MAX = 16 * 1024 * 1024
 _LIST_LIMIT_MAX = 100_000
 
-ReadOp = Literal["get", "list", "lock"]
+ReadOp = Literal["get", "get_many", "list", "lock"]
+GET_MANY_KEYS_MAX = 1000
+"""Most keys one ``get_many`` read names."""
 
 
 class _Payload(BaseModel):
@@ -59,6 +62,9 @@ class KVCall(_Payload):
     """The key (``get``), prefix (``list``) or lock name (``lock``)."""
     limit: Annotated[int, Field(ge=1, le=_LIST_LIMIT_MAX)] = 1000
     start_after: str | None = Field(None, max_length=_TEXT_CHARS_MAX)
+    keys: list[Annotated[str, Field(max_length=_TEXT_CHARS_MAX)]] = Field(
+        default_factory=list, max_length=GET_MANY_KEYS_MAX)
+    """The keys of a ``get_many`` read."""
 
 
 class KVItem(_Payload):

@@ -391,6 +391,10 @@ class RaftService:
             item = kv.get(call.key)
             return KVAnswer(call_id=call.call_id, status="ok",
                             item=None if item is None else _item(item))
+        if call.read == "get_many":
+            present = (kv.get(key) for key in call.keys)
+            return KVAnswer(call_id=call.call_id, status="ok",
+                            items=[_item(item) for item in present if item is not None])
         if call.read == "list":
             found = kv.range(call.key, call.limit + 1, call.start_after)
             return KVAnswer(call_id=call.call_id, status="ok",

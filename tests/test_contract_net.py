@@ -62,7 +62,7 @@ from agents.contract_net.messages import (
 from agents.contract_net.scoring import Bid, ScoringWeights, rank_bids, weighted_score
 from agents.contract_net.settings import ContractorSettings, ManagerSettings
 from consensus.core import Incoming, Outgoing
-from consensus.kvstore import KVStore, Request, Response, encode_request
+from consensus.kvstore import KVStore, Put, Request, Response, encode_request
 from mesh.errors import ConfigError
 
 A, B, C, M = b"node-a", b"node-b", b"node-c", b"manager"
@@ -395,6 +395,25 @@ def test_complete_by_the_contractor_at_its_epoch() -> None:
     assert refused(ledger.complete(final, version, epoch=1, contractor=A, result=b"s")) is (
         RefusalReason.FINAL
     )
+
+
+def test_the_unfinished_index_follows_the_records() -> None:
+    kv, _, _ = created()
+    assert kv.store.get("unfinished/t1") is not None
+    assert kv.apply(ledger.create("t2", "summarize", b"x")).ok
+    kv.store.apply(kv.index + 1, encode_request(Request("o", 1, 0, Put("owner/t1", b"me"))))
+    kv.index += 1
+    current, version = awarded(kv, to=A)
+    reopened = must(ledger.reopen(current, version, epoch=1, reason="lease ended"))
+    assert kv.apply(reopened).ok and kv.store.get("unfinished/t1") is not None
+    current, version = awarded(kv, to=B)
+    assert kv.apply(must(ledger.complete(current, version, epoch=2, contractor=B,
+                                         result=b"r"))).ok
+    # Final: out of the index, and its owner key goes too.
+    assert kv.store.get("unfinished/t1") is None and kv.store.get("owner/t1") is None
+    current, version = kv.read("t2")
+    assert kv.apply(must(ledger.cancel(current, version, reason="no longer needed"))).ok
+    assert [item.key for item in kv.store.range("unfinished/", 10)] == []
 
 
 def test_complete_with_a_digest_and_an_invalid_result() -> None:

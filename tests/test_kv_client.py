@@ -11,6 +11,7 @@ from conftest import LocalCluster
 from consensus.kvstore import ErrorCode
 from mesh.identity import read_private_key
 from mesh.kv_client import KVClient, _Session
+from mesh.kv_messages import GET_MANY_KEYS_MAX
 from mesh.layout import NODE_KEY
 
 pytestmark = pytest.mark.timeout(120)
@@ -95,5 +96,24 @@ def test_a_write_refused_as_session_expired_goes_again_under_a_new_session(
             assert unknown not in kv._sessions
             item = await kv.get("k")
             assert item is not None and item.version == 1  # applied once
+
+    anyio.run(scenario, local_cluster.directory)
+
+
+def test_get_many_reads_the_present_keys_in_the_order_asked(
+    local_cluster: LocalCluster,
+) -> None:
+    _single_voter(local_cluster)
+
+    async def scenario(directory: Path) -> None:
+        async with KVClient.connect(directory) as kv:
+            for key in ("a", "b", "c"):
+                assert (await kv.put(key, key * 2)).ok
+            items = await kv.get_many(["c", "missing", "a"])
+            assert [(item.key, item.value, item.version) for item in items] == [
+                ("c", b"cc", 1), ("a", b"aa", 1)]
+            assert await kv.get_many([]) == []
+            with pytest.raises(ValueError, match="more than"):
+                await kv.get_many([f"k{i}" for i in range(GET_MANY_KEYS_MAX + 1)])
 
     anyio.run(scenario, local_cluster.directory)

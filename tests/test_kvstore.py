@@ -28,6 +28,7 @@ from consensus.kvstore import (
     Command,
     CommandError,
     CompareAndSet,
+    CompareAndSetWithWrites,
     Delete,
     ErrorCode,
     Item,
@@ -142,6 +143,44 @@ def test_compare_and_set_semantics() -> None:
     assert absent.error is ErrorCode.CAS_FAILED and absent.version == 0
     noop = feed.do(CompareAndSet("k", None, 0))  # delete-if-absent of an absent key
     assert noop.ok and feed.store.get("k") is None
+
+
+def test_compare_and_set_with_writes_applies_all_or_nothing() -> None:
+    feed = Feed(KVStore(KVSettings(keys_max=4, value_bytes_max=8)))
+    feed.do(Put("gone", b"x"))
+    created = feed.do(CompareAndSetWithWrites(
+        "task", b"rec", 0, None, (("index/task", b""), ("gone", None), ("absent", None))))
+    assert created.ok and created.version == 1
+    assert feed.store.get("index/task") is not None and feed.store.get("gone") is None
+    # The compare fails: nothing is written, the answer says the current version.
+    stale = feed.do(CompareAndSetWithWrites("task", b"new", 0, None, (("index/task", None),)))
+    assert stale.error is ErrorCode.CAS_FAILED and stale.version == 1
+    assert feed.store.get("index/task") is not None
+    # One side write refused (too large): nothing at all is written.
+    refused = feed.do(CompareAndSetWithWrites("task", b"rec2", 1, None,
+                                              (("other", b"123456789"),)))
+    assert refused.error is ErrorCode.TOO_LARGE
+    item = feed.store.get("task")
+    assert item is not None and item.value == b"rec"
+    # New keys beyond keys_max: refused as a whole too (task, index/task, a, b = 4).
+    full = feed.do(CompareAndSetWithWrites("task", b"rec2", 1, None,
+                                           (("a", b""), ("b", b""), ("c", b""))))
+    assert full.error is ErrorCode.TOO_LARGE and feed.store.get("a") is None
+    done = feed.do(CompareAndSetWithWrites("task", b"done", 1, None, (("index/task", None),)))
+    assert done.ok and done.version == 2 and feed.store.get("index/task") is None
+
+
+def test_compare_and_set_with_writes_validates_and_round_trips() -> None:
+    command = CompareAndSetWithWrites("k", None, 3, 7, (("a", b"1"), ("b", None)))
+    assert decode_command(encode_command(command)) == command
+    with pytest.raises(CommandError, match="twice"):
+        CompareAndSetWithWrites("k", b"", 0, None, (("a", None), ("a", b"")))
+    with pytest.raises(CommandError, match="twice"):
+        CompareAndSetWithWrites("k", b"", 0, None, (("k", None),))
+    with pytest.raises(CommandError, match="more than"):
+        CompareAndSetWithWrites("k", b"", 0, None, tuple((f"k{i}", None) for i in range(9)))
+    with pytest.raises(CommandError, match="writes"):
+        CompareAndSetWithWrites("k", b"", 0, None, (("a",),))  # type: ignore[arg-type]
 
 
 def test_cas_race_first_wins_second_gets_current_version() -> None:
@@ -674,6 +713,9 @@ COMMANDS = st.one_of(
     st.builds(Put, KEYS, VALUES, st.none() | IDS),
     st.builds(Delete, KEYS),
     st.builds(CompareAndSet, KEYS, st.none() | VALUES, st.integers(0, 3), st.none() | IDS),
+    st.builds(CompareAndSetWithWrites, st.just("w"), st.none() | VALUES, st.integers(0, 3),
+              st.none() | IDS, st.lists(st.tuples(KEYS, st.none() | VALUES), max_size=3,
+                                        unique_by=lambda write: write[0]).map(tuple)),
     st.builds(LeaseGrant, st.integers(1, 80)),
     st.builds(LeaseKeepAlive, IDS),
     st.builds(LeaseRevoke, IDS),

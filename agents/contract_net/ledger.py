@@ -29,6 +29,13 @@ and only once, since ``done`` is final.
 The record's key is not attached to the contractor's lease: the lease expiring
 must reopen the task, not delete it. The lease id is kept in the record so the
 driver can match lease expiries to tasks.
+
+An index of the tasks not yet final, ``unfinished/<task_id>`` (empty values), is
+kept in the same writes (``CompareAndSetWithWrites``): ``create`` adds the key
+and a transition to a final state removes it, together with the task's
+``owner/<task_id>`` key (the node managing it, which a final task no longer
+needs). So the index can never disagree with the records, and a driver scanning
+for work reads the unfinished tasks only, not every task the mesh ever ran.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from typing import Any
 
 import msgpack
 
-from consensus.kvstore.commands import CompareAndSet
+from consensus.kvstore.commands import CompareAndSet, CompareAndSetWithWrites
 from mesh.errors import MeshError
 
 __all__ = [
@@ -48,7 +55,9 @@ __all__ = [
     "BIDS_MAX",
     "INPUT_BYTES_MAX",
     "KEY_PREFIX",
+    "OWNER_PREFIX",
     "RECORD_FORMAT",
+    "UNFINISHED_PREFIX",
     "BidRecord",
     "LedgerError",
     "Refusal",
@@ -69,6 +78,10 @@ __all__ = [
 
 KEY_PREFIX = "task/"
 """Prefix of every task ledger key in the KV store."""
+UNFINISHED_PREFIX = "unfinished/"
+"""Prefix of the index of tasks not yet final (see the module docstring)."""
+OWNER_PREFIX = "owner/"
+"""Prefix of the key naming the node that manages a task (removed once final)."""
 RECORD_FORMAT = 2
 """Version of the record byte layout written. Format 2 added the award's bids;
 format 1 records (without them) are still read; any other is refused."""
@@ -333,7 +346,7 @@ class Transition:
     """A change to propose: ``command`` writes ``record`` if the key is still at the
     version it was read at."""
 
-    command: CompareAndSet
+    command: CompareAndSet | CompareAndSetWithWrites
     record: TaskRecord
 
 
@@ -503,7 +516,16 @@ def _change(current: TaskRecord, version: int, **changes: Any) -> Transition | R
 
 
 def _write(record: TaskRecord, version: int) -> Transition:
-    command = CompareAndSet(record.key, encode_record(record), version)
+    value = encode_record(record)
+    command: CompareAndSet | CompareAndSetWithWrites
+    if version == 0:
+        command = CompareAndSetWithWrites(record.key, value, 0, None, (
+            (UNFINISHED_PREFIX + record.task_id, b""),))
+    elif record.final:
+        command = CompareAndSetWithWrites(record.key, value, version, None, (
+            (UNFINISHED_PREFIX + record.task_id, None), (OWNER_PREFIX + record.task_id, None)))
+    else:
+        command = CompareAndSet(record.key, value, version)
     return Transition(command, record)
 
 

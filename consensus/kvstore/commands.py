@@ -49,8 +49,10 @@ from consensus.kvstore.wire import (
 
 __all__ = [
     "REQUEST_FORMAT",
+    "SIDE_WRITES_MAX",
     "Command",
     "CompareAndSet",
+    "CompareAndSetWithWrites",
     "Delete",
     "LeaseGrant",
     "LeaseKeepAlive",
@@ -124,6 +126,53 @@ class CompareAndSet:
             expect_bytes(self.value, "value")
         expect_int(self.expect_version, "expect_version")
         expect_optional_int(self.lease_id, "lease_id", 1)
+
+
+SIDE_WRITES_MAX = 8
+"""Most side writes one ``CompareAndSetWithWrites`` carries."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompareAndSetWithWrites:
+    """``CompareAndSet`` that, when it succeeds, also applies ``writes`` in the same step.
+
+    Each write is ``(key, value)``: put ``value`` under ``key`` (no lease), or with
+    ``value`` None delete ``key`` (an absent key is no error). Nothing at all is
+    written when the compare fails or any write would be refused, so an index kept
+    beside a record (e.g. the keys of the unfinished tasks) can never disagree with
+    it. At most ``SIDE_WRITES_MAX`` writes, on keys distinct from ``key`` and from
+    each other. Answers as ``CompareAndSet`` does, for ``key``.
+    """
+
+    key: str
+    value: bytes | None
+    expect_version: int
+    lease_id: int | None
+    writes: tuple[tuple[str, bytes | None], ...]
+
+    def __post_init__(self) -> None:
+        expect_text(self.key, "key")
+        if self.value is not None:
+            expect_bytes(self.value, "value")
+        expect_int(self.expect_version, "expect_version")
+        expect_optional_int(self.lease_id, "lease_id", 1)
+        if type(self.writes) not in (tuple, list):
+            raise CommandError(f"writes must be a list, got {show(self.writes)}")
+        if len(self.writes) > SIDE_WRITES_MAX:
+            raise CommandError(f"{len(self.writes)} writes, more than {SIDE_WRITES_MAX}")
+        writes: list[tuple[str, bytes | None]] = []
+        for number, write in enumerate(self.writes):
+            key, value = expect_list(list(write) if type(write) is tuple else write,
+                                     f"writes[{number}]", 2)
+            expect_text(key, f"writes[{number}] key")
+            if value is not None:
+                expect_bytes(value, f"writes[{number}] value")
+            writes.append((key, value))
+        keys = [self.key, *(key for key, _ in writes)]
+        if len(set(keys)) != len(keys):
+            raise CommandError(f"writes name a key twice (or the compared key): {keys}")
+        # Decoded from the wire the writes are lists: keep one canonical form.
+        object.__setattr__(self, "writes", tuple(writes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +259,7 @@ Command: TypeAlias = (
     Put
     | Delete
     | CompareAndSet
+    | CompareAndSetWithWrites
     | LeaseGrant
     | LeaseKeepAlive
     | LeaseRevoke
@@ -230,6 +280,7 @@ _CLASS_BY_TAG: dict[int, type[Command]] = {
     7: LockAcquire,
     8: LockRelease,
     9: Tick,
+    10: CompareAndSetWithWrites,
 }
 _TAG_BY_CLASS: dict[type[Command], int] = {cls: tag for tag, cls in _CLASS_BY_TAG.items()}
 _FIELD_NAMES: dict[type[Command], tuple[str, ...]] = {

@@ -47,6 +47,7 @@ from typing import assert_never
 from consensus.kvstore.commands import (
     Command,
     CompareAndSet,
+    CompareAndSetWithWrites,
     Delete,
     LeaseGrant,
     LeaseKeepAlive,
@@ -228,6 +229,8 @@ class KVStore:
                 return self._delete(index, command)
             case CompareAndSet():
                 return self._compare_and_set(index, command)
+            case CompareAndSetWithWrites():
+                return self._compare_and_set_with_writes(index, command)
             case LeaseGrant():
                 return self._lease_grant(index, command)
             case LeaseKeepAlive():
@@ -284,6 +287,34 @@ class KVStore:
         if refusal is not None:
             return refusal
         return self._write(index, key, value, command.lease_id)
+
+    def _compare_and_set_with_writes(
+        self, index: int, command: CompareAndSetWithWrites
+    ) -> Response:
+        for key, value in command.writes:
+            refusal = (self._check_identifier("key", key, index) if value is None
+                       else self._check_write(index, key, value, None))
+            if refusal is not None:
+                return refusal
+        item = self._items.get(command.key)
+        current = 0 if item is None else item.version
+        if current == command.expect_version:
+            created = sum(value is not None and key not in self._items
+                          for key, value in command.writes)
+            created += command.value is not None and item is None
+            limit = self._settings.keys_max
+            if created and len(self._items) + created > limit:
+                return _too_large(index, f"store holds keys_max ({limit}) keys")
+        response = self._compare_and_set(index, CompareAndSet(
+            command.key, command.value, command.expect_version, command.lease_id))
+        if not response.ok:
+            return response
+        for key, value in command.writes:
+            if value is not None:
+                self._write(index, key, value, None)
+            elif key in self._items:
+                self._remove(key)
+        return response
 
     def _check_write(
         self, index: int, key: str, value: bytes, lease_id: int | None

@@ -49,7 +49,8 @@ Checked (``auction.*``): every submitted task ends ``done`` or ``failed`` with
 its reasons (none lost); a done task has exactly one result write, made while
 the record was awarded at that same epoch to that contractor; a failed one has
 none; no contractor runs two epochs of one task at once; the ledger awards each
-epoch at most once; a task's epoch never decreases.
+epoch at most once; a task's epoch never decreases; after every write the
+ledger's ``unfinished/`` index holds exactly the tasks not final.
 
 Metrics: ``tasks``, ``done``, ``failed``, ``reauctions`` (auctions at an epoch
 above 1), ``takeovers``, ``stale_results_refused``, ``auction_latency_s_p50``
@@ -87,6 +88,8 @@ from agents.contract_net.events import (
 )
 from agents.contract_net.ledger import (
     KEY_PREFIX,
+    OWNER_PREFIX,
+    UNFINISHED_PREFIX,
     Refusal,
     TaskRecord,
     TaskState,
@@ -100,6 +103,7 @@ from consensus.core import Incoming, Outgoing, ProtocolCore
 from consensus.kvstore import (
     Command,
     CompareAndSet,
+    CompareAndSetWithWrites,
     KVStore,
     LeaseGrant,
     LeaseKeepAlive,
@@ -133,7 +137,6 @@ CAPABILITIES = ("demo.wordcount", "demo.sum", "demo.sleep")
 """What the simulated contractors can do; node ``i`` always offers ``CAPABILITIES[i % 3]``."""
 SETTLE_ATTEMPTS = 4
 """Attempts' worth of time (``attempt_bound_s``) the settle phase may take."""
-OWNER_PREFIX = "owner/"
 ALIVE_PREFIX = "alive/"
 _CANDIDATES_MAX = 16
 _DURATION_MAX_S = 3.0
@@ -169,6 +172,8 @@ class SharedLedger:
         self.writes: list[LedgerWrite] = []
         #: Ids of tasks not final, in id order (what a range scan of ``task/`` finds).
         self.unfinished: dict[str, None] = {}
+        self.index_disagreements: list[str] = []
+        """Tasks whose ``unfinished/`` index key disagreed with the record after a write."""
         #: Refused transitions by reason (``RefusalReason`` value).
         self.refusals: dict[str, int] = {}
 
@@ -195,7 +200,8 @@ class SharedLedger:
 
     def apply(self, node: int, command: Command) -> Response:
         """Commit ``command`` for node ``node`` (the caller checked ``reachable``)."""
-        key = command.key if isinstance(command, CompareAndSet) else None
+        key = command.key if isinstance(command, CompareAndSet | CompareAndSetWithWrites) \
+            else None
         before = self._record(key) if key is not None and key.startswith(KEY_PREFIX) else None
         self.index += 1
         response = self.store.apply_request(self.index, Request("", 0, self._now_ms(), command))
@@ -208,6 +214,9 @@ class SharedLedger:
                 self.unfinished.pop(after.task_id, None)
             else:
                 self.unfinished[after.task_id] = None
+            indexed = self.store.get(UNFINISHED_PREFIX + after.task_id) is not None
+            if indexed == after.final:
+                self.index_disagreements.append(after.task_id)
             self.world.trace.note(
                 f"ledger n{node} {after.task_id} {after.state.value} e{after.epoch}")
         return response
@@ -937,6 +946,9 @@ class AuctionRun:
             if task.submitted_at is None:
                 found.append(Violation("auction.lost", now,
                                        f"{task.task_id} never accepted by the ledger"))
+        for task_id in self.ledger.index_disagreements:
+            found.append(Violation("auction.index", now,
+                                   f"{task_id}: unfinished/ index disagrees with its record"))
         for task_id, record in sorted(records.items()):
             if record.state is TaskState.FAILED and not record.failure_reasons:
                 found.append(Violation("auction.lost", now, f"{task_id} failed without reasons"))
