@@ -15,8 +15,8 @@ it into a task failure with that reason. ``estimate`` quotes a bid for the
 contract net; at bid time the full input is usually not known (a call for
 proposals carries only a summary), so it is called with ``task_input=None`` then.
 
-Later issues add instructions, tools, model clients and handoffs; this is the
-part the contract net needs.
+``agents.model_agent.ModelAgent`` adds instructions, tools, limits and a model
+client; ``agents.outcomes.Handoff`` is how any agent passes a case on.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 from agents.contract_net.contractor import Estimate
 from agents.contract_net.messages import CAPABILITY_CHARS_MAX
+from agents.outcomes import Handoff
 from mesh.errors import ConfigError, MeshError
 
 __all__ = [
@@ -115,8 +116,11 @@ class Agent(ABC):
         return self._concurrency_max
 
     @abstractmethod
-    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
-        """Do one task of ``capability``; return a JSON-able dict.
+    async def handle(
+        self, capability: str, task_input: Mapping[str, Any]
+    ) -> dict[str, Any] | Handoff:
+        """Do one task of ``capability``; return a JSON-able dict, or a ``Handoff``
+        passing the case to other agents (``agents.outcomes``).
 
         Raise ``AgentInputError`` when ``task_input`` is invalid. Any other exception
         also fails the task (counted as an agent error) without harming the node.

@@ -48,10 +48,12 @@ from agents.contract_net.messages import (
     RESULT_BYTES_WIRE_MAX,
     CallForProposals,
 )
+from agents.outcomes import Handoff, handoff_to_result
 from mesh.errors import ConfigError, MeshError
 
 __all__ = [
     "AGENTS_PREFIX",
+    "AGENT_CAPABILITY_PREFIX",
     "COUNTERS",
     "AgentAdvert",
     "AgentHost",
@@ -71,6 +73,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+AGENT_CAPABILITY_PREFIX = "agent:"
+"""``agent:<name>`` is the capability of one agent by name (``@name`` in workflows)."""
 AGENTS_PREFIX = "agents/"
 """Gossip key prefix of the agent adverts; the rest of the key is the node id in hex."""
 _NODE_ID_HEX_CHARS = 32
@@ -169,6 +173,7 @@ COUNTERS: Mapping[str, str] = MappingProxyType(
     {
         "tasks_started": "tasks handed to an agent",
         "tasks_done": "tasks that returned a usable result",
+        "handoffs": "tasks whose agent handed the case on (a handoff result)",
         "failed_no_capability": "tasks refused: no agent here offers the capability",
         "failed_busy": "tasks refused: every slot and queue place for the capability taken",
         "tasks_queued": "tasks that waited for a slot before an agent took them",
@@ -223,8 +228,10 @@ class AgentHost:
 
     @property
     def capabilities(self) -> list[str]:
-        """Every capability offered here, sorted, each once."""
-        return sorted({c for agent in self._agents for c in agent.capabilities})
+        """Every capability offered here, sorted, each once: the agents' own, and
+        ``agent:<name>`` for each agent (a task for that agent by name)."""
+        return sorted({c for agent in self._agents for c in agent.capabilities}
+                      | {AGENT_CAPABILITY_PREFIX + agent.name for agent in self._agents})
 
     @property
     def load(self) -> int:
@@ -264,7 +271,7 @@ class AgentHost:
         best: Agent | None = None
         best_free = 0
         for agent in self._agents:
-            if capability in agent.capabilities:
+            if _offers(agent, capability):
                 free = agent.concurrency_max - self._running[agent.name]
                 if free > best_free:
                     best, best_free = agent, free
@@ -280,14 +287,14 @@ class AgentHost:
         agents offer only it and conservative otherwise: it may refuse a task that
         would fit, never admit one that does not.
         """
-        if not any(capability in agent.capabilities for agent in self._agents):
+        if not any(_offers(agent, capability) for agent in self._agents):
             return False
         demand = {cap: count for cap, count in held.items() if count > 0}
         demand[capability] = demand.get(capability, 0) + 1
         places = 1 + self._settings.queue_per_slot
         free = {agent.name: agent.concurrency_max * places for agent in self._agents}
 
-        offering = {cap: sorted((a for a in self._agents if cap in a.capabilities),
+        offering = {cap: sorted((a for a in self._agents if _offers(a, cap)),
                                 key=lambda agent: len(agent.capabilities)) for cap in demand}
         for cap in sorted(demand, key=lambda c: sum(a.concurrency_max for a in offering[c])):
             able = offering[cap]
@@ -318,7 +325,7 @@ class AgentHost:
         ``timeout_s`` (default ``task_timeout_s``, never more) bounds the wait for
         a slot and the agent's ``handle`` together.
         """
-        able = [agent for agent in self._agents if capability in agent.capabilities]
+        able = [agent for agent in self._agents if _offers(agent, capability)]
         if not able:
             return self._failed(FailureCause.NO_CAPABILITY, f"no agent offers {capability!r}")
         if not isinstance(task_input, Mapping):
@@ -361,6 +368,8 @@ class AgentHost:
         self, agent: Agent, capability: str, task_input: Mapping[str, Any], limit_s: float
     ) -> TaskOutcome:
         output: object = None
+        if capability.startswith(AGENT_CAPABILITY_PREFIX):
+            capability = agent.capabilities[0]  # asked for by name: its first capability
         try:
             with anyio.move_on_after(limit_s) as scope:
                 output = await agent.handle(capability, task_input)
@@ -375,6 +384,9 @@ class AgentHost:
         return self._checked_output(agent, output)
 
     def _checked_output(self, agent: Agent, output: object) -> TaskOutcome:
+        if isinstance(output, Handoff):
+            self._counters["handoffs"] += 1
+            output = handoff_to_result(output)
         if not isinstance(output, dict) or not all(isinstance(k, str) for k in output):
             return self._failed(FailureCause.BAD_OUTPUT, "result must be a JSON object with "
                                 f"string keys, not {type(output).__name__}", agent)
@@ -403,9 +415,11 @@ class AgentHost:
         agent has the capability (or it raised). Whether a slot is free is
         ``has_room``'s question, not this one's."""
         agent = self.pick(capability) or next(
-            (a for a in self._agents if capability in a.capabilities), None)
+            (a for a in self._agents if _offers(a, capability)), None)
         if agent is None:
             return None
+        if capability.startswith(AGENT_CAPABILITY_PREFIX):
+            capability = agent.capabilities[0]
         try:
             return agent.estimate(capability, task_input)
         except Exception:
@@ -573,3 +587,8 @@ def capabilities_of(
             found.append(advert)
     found.sort(key=lambda a: (a.load_ratio, a.node_id))
     return CapabilityListing(nodes=tuple(found), malformed=malformed)
+
+
+def _offers(agent: Agent, capability: str) -> bool:
+    """Whether ``agent`` takes tasks of ``capability`` (its own, or it by name)."""
+    return capability in agent.capabilities or capability == AGENT_CAPABILITY_PREFIX + agent.name

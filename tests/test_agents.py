@@ -34,6 +34,7 @@ from agents.host import (
     estimator_for,
     parse_advert,
 )
+from agents.outcomes import Handoff, handoff_from_result
 from consensus.core import Incoming
 from consensus.gossip import ChangeKind
 from mesh.config import NodeConfig
@@ -523,7 +524,8 @@ async def test_the_advert_follows_the_load_and_coalesces_bursts() -> None:
     host = AgentHost(node, [gate, WordCountAgent(FOUR)],
                      settings=HostSettings(publish_interval_s=0.3))
     key = advert_key(node.node_id)
-    idle = {"capabilities": ["demo.wordcount", "gate"], "load": 0, "limit": 7,
+    idle = {"capabilities": ["agent:demo.wordcount", "agent:gate", "demo.wordcount", "gate"],
+            "load": 0, "limit": 7,
             "agents": ["gate", "demo.wordcount"]}
     async with advertising(host), anyio.create_task_group() as tg:
         await until(lambda: host.counters["publications"] == 1)
@@ -644,3 +646,23 @@ async def test_another_node_sees_the_capabilities_and_load_through_gossip() -> N
                 # The host stopped: its advert is withdrawn everywhere.
                 await next_advert(changes, key, lambda c: c.kind is ChangeKind.DELETED)
                 assert second.gossip.get(key) is None
+
+
+async def test_an_agent_takes_tasks_by_its_name_and_hands_cases_on() -> None:
+    class Triage(Agent):
+        async def handle(self, capability: str, task_input: Mapping[str, Any]) -> Any:
+            if task_input.get("kind") == "bill":
+                return Handoff.to("billing", "@refunds", context={"seen_by": capability})
+            return {"capability": capability}
+
+    host = AgentHost(FakeNode(), [Triage("triage", ["support.triage"])])
+    assert "agent:triage" in host.capabilities
+    by_name = await host.run_task("agent:triage", {})
+    assert isinstance(by_name, TaskDone) and by_name.output == {"capability": "support.triage"}
+    handed = await host.run_task("support.triage", {"kind": "bill"})
+    assert isinstance(handed, TaskDone)
+    handoff = handoff_from_result(handed.output)
+    assert handoff is not None and [t.label for t in handoff.targets] == ["billing", "@refunds"]
+    assert handoff.context == {"seen_by": "support.triage"}
+    assert host.counters["handoffs"] == 1
+    assert host.has_room({}, "agent:triage") and not host.has_room({}, "agent:nobody")
