@@ -21,7 +21,7 @@ every node: ``node_hook``, the ``agentmesh.node_hooks`` entry point, builds an
 
 Output (``--json``: one JSON object per task)::
 
-    {"task_id", "capability", "state", "epoch", "attempts", "contractor",
+    {"task_id", "capability", "state", "epoch", "attempts", "contractor", "agent",
      "result", "failure_reasons", "bids"}
 
 ``result`` is the agent's JSON output (or text); ``contractor`` the node id in
@@ -52,6 +52,7 @@ from agents.demo import parse_agents_spec
 from agents.driver import ContractNetDriver, decode_json
 from agents.host import AgentHost
 from agents.submission import submit_task
+from agents.workflow.service import WorkflowService
 from mesh.errors import MeshError
 from mesh.kv_client import KVClient, KVUnavailable
 
@@ -76,6 +77,7 @@ def node_hook(node: Any, options: Mapping[str, Any]) -> ContractNetDriver | None
         return None
     driver = ContractNetDriver(node, host)
     driver.install()
+    WorkflowService(node, driver).install()
     log.info("hosting agents %s (%s) with the contract-net driver",
              [a.name for a in host.agents], ", ".join(host.capabilities))
     return driver
@@ -98,6 +100,7 @@ def record_view(record: TaskRecord) -> dict[str, Any]:
         "epoch": record.epoch,
         "attempts": record.attempts,
         "contractor": record.contractor.hex() if record.contractor else None,
+        "agent": record.agent,
         "result": decode_json(record.result),
         "failure_reasons": list(record.failure_reasons),
         "bids": [{"node": bid.node_id.hex(), "cost": bid.cost, "duration_s": bid.duration_s,

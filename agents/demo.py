@@ -16,8 +16,9 @@ raises ``AgentInputError`` naming the bad value. Every limit is in
 ``DemoSettings``.
 
 ``parse_agents_spec`` turns the ``agentmesh up --agents SPEC`` value into agents:
-``demo`` for these, ``package.module:factory`` for a callable returning agents,
-several separated by commas.
+``demo`` for these, ``team`` for the specialised team of ``agents.demo_team``,
+``package.module:factory`` for a callable returning agents, several separated by
+commas.
 """
 
 from __future__ import annotations
@@ -251,11 +252,15 @@ def parse_agents_spec(spec: str, *, demo_settings: DemoSettings | None = None) -
     for part in parts:
         if part == DEMO_SPEC:
             agents.extend(demo_agents(demo_settings))
+        elif part == "team":
+            from agents.demo_team import team_agents  # the team pulls in the workflow code
+
+            agents.extend(team_agents())
         elif ":" in part:
             agents.extend(_from_factory(part))
         else:
-            raise ConfigError(f"agents spec part {part!r} is unknown: use 'demo' or "
-                              "'package.module:factory'")
+            raise ConfigError(f"agents spec part {part!r} is unknown: use 'demo', 'team' "
+                              "or 'package.module:factory'")
     names = [a.name for a in agents]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -315,7 +315,8 @@ class _ManagerCore:
             and self.manager.phase(payload.task_id) is AuctionPhase.RUNNING
         ):
             self._adopt(ResultReported(payload.task_id, payload.epoch, message.sender,
-                                       payload.result, payload.digest, payload.location))
+                                       payload.result, payload.digest, payload.location,
+                                       payload.agent))
             return
         self.manager.step(message)
 
@@ -773,7 +774,7 @@ class ContractNetDriver:
                   ) -> Transition | Refusal:
         return ledger.complete(record, version, epoch=event.epoch, contractor=event.contractor,
                                result=event.result, digest=event.digest,
-                               location=event.location)
+                               location=event.location, agent=event.agent)
 
     async def _fail(self, event: FailureReported | NoBids) -> None:
         read = await self._read(event.task_id)
@@ -1111,7 +1112,8 @@ class ContractNetDriver:
             self.contractor.task_failed(event.task_id, event.epoch, "lease lost")
         elif isinstance(outcome, TaskDone):
             if not self.contractor.task_finished(event.task_id, event.epoch,
-                                                 result=encode_json(outcome.output)):
+                                                 result=encode_json(outcome.output),
+                                                 agent=outcome.agent):
                 self.contractor.task_failed(event.task_id, event.epoch, "result too large")
         else:
             self.contractor.task_failed(event.task_id, event.epoch,

@@ -293,6 +293,12 @@ def test_an_award_keeps_its_bids_and_format_1_records_still_read() -> None:
     old = msgpack.unpackb(encode_record(record()))[:14]
     old[0] = 1
     assert decode_record(msgpack.packb(old, use_bin_type=True)) == record()
+    format_2 = msgpack.unpackb(encode_record(step.record))[:15]
+    format_2[0] = 2
+    assert decode_record(msgpack.packb(format_2, use_bin_type=True)).bids == bids
+    done = ledger.complete(step.record, 2, epoch=1, contractor=B, result=b"{}", agent="counter")
+    assert isinstance(done, Transition)
+    assert decode_record(encode_record(done.record)).agent == "counter"
 
 
 def test_bad_record_fields_name_the_fault() -> None:
@@ -300,8 +306,10 @@ def test_bad_record_fields_name_the_fault() -> None:
 
     good = msgpack.unpackb(encode_record(record()))
     for position, value, message in [
-        (0, 3, "format"),
+        (0, 4, "format"),
         (0, 1, "format 1 task record has 14 items"),
+        (0, 2, "format 2 task record has 15 items"),
+        (15, 7, "agent must be a string"),
         (4, "sleeping", "unknown task state"),
         (5, 0, "epoch"),
         (1, "", "task_id must not be empty"),

@@ -306,8 +306,10 @@ class Contractor:
         result: bytes | None = None,
         digest: bytes | None = None,
         location: str | None = None,
+        agent: str | None = None,
     ) -> bool:
-        """The task ended with ``result`` (or ``digest`` + ``location``): inform the manager.
+        """The task ended with ``result`` (or ``digest`` + ``location``), produced by
+        ``agent``: inform the manager.
 
         False (counted) if the task is not running, or the result is not a valid
         payload (too large, both forms given...); the task then stays running so the
@@ -318,9 +320,8 @@ class Contractor:
             self._counters["finishes_unknown"] += 1
             return False
         try:
-            inform = InformResult(
-                task_id=task_id, epoch=epoch, result=result, digest=digest, location=location
-            )
+            inform = InformResult(task_id=task_id, epoch=epoch, result=result, digest=digest,
+                                  location=location, agent=agent)
         except ValidationError:
             self._counters["results_invalid"] += 1
             return False

@@ -68,6 +68,7 @@ class ResultReported:
     result: bytes | None
     digest: bytes | None
     location: str | None
+    agent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

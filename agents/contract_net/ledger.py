@@ -82,9 +82,11 @@ UNFINISHED_PREFIX = "unfinished/"
 """Prefix of the index of tasks not yet final (see the module docstring)."""
 OWNER_PREFIX = "owner/"
 """Prefix of the key naming the node that manages a task (removed once final)."""
-RECORD_FORMAT = 2
-"""Version of the record byte layout written. Format 2 added the award's bids;
-format 1 records (without them) are still read; any other is refused."""
+RECORD_FORMAT = 3
+"""Version of the record byte layout written. Format 2 added the award's bids,
+format 3 the agent that produced the result; format 1 and 2 records are still
+read; any other is refused."""
+AGENT_CHARS_MAX = 128
 TASK_ID_CHARS_MAX = 128
 CAPABILITY_CHARS_MAX = 128
 INPUT_BYTES_MAX = 256 * 1024
@@ -167,6 +169,8 @@ class TaskRecord:
     bids: tuple[BidRecord, ...] = field(default=())
     """The bids of the auction that made the latest award, best first (at most
     ``BIDS_MAX``); empty before the first award."""
+    agent: str | None = None
+    """The name of the agent that produced the result (on the contractor's node)."""
 
     def __post_init__(self) -> None:
         _text(self.task_id, "task_id", TASK_ID_CHARS_MAX)
@@ -195,6 +199,8 @@ class TaskRecord:
             raise LedgerError(f"bids must be a tuple of at most {BIDS_MAX}")
         if not all(isinstance(bid, BidRecord) for bid in self.bids):
             raise LedgerError("bids must be BidRecord values")
+        if self.agent is not None:
+            _text(self.agent, "agent", AGENT_CHARS_MAX)
         self._check_state()
 
     def _check_state(self) -> None:
@@ -254,12 +260,13 @@ def encode_record(record: TaskRecord) -> bytes:
             r.result_location,
             list(r.failure_reasons),
             [[b.node_id, b.cost, b.duration_s, b.load, b.confidence] for b in r.bids],
+            r.agent,
         ],
         use_bin_type=True,
     )
 
 
-_RECORD_FIELDS = {1: 14, 2: 15}
+_RECORD_FIELDS = {1: 14, 2: 15, 3: 16}
 
 
 def decode_record(data: bytes) -> TaskRecord:
@@ -299,6 +306,7 @@ def decode_record(data: bytes) -> TaskRecord:
         result_location=items[12],
         failure_reasons=tuple(items[13]),
         bids=_decode_bids(items[14]) if fields > 14 else (),
+        agent=items[15] if fields > 15 else None,
     )
 
 
@@ -384,11 +392,13 @@ def complete(
     result: bytes | None = None,
     digest: bytes | None = None,
     location: str | None = None,
+    agent: str | None = None,
 ) -> Transition | Refusal:
     """Record the result of the awarded ``contractor`` at ``epoch``: then ``done``.
 
-    Give ``result`` inline, or ``digest`` and ``location``. Refused for an older
-    epoch (fencing), another contractor, or a task not awarded.
+    Give ``result`` inline, or ``digest`` and ``location``; ``agent`` names the
+    agent that produced it. Refused for an older epoch (fencing), another
+    contractor, or a task not awarded.
     """
     refusal = _at_epoch(current, epoch, TaskState.AWARDED)
     if refusal is not None:
@@ -407,6 +417,7 @@ def complete(
         result=result,
         result_digest=digest,
         result_location=location,
+        agent=agent,
     )
 
 

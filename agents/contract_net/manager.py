@@ -709,6 +709,7 @@ class Manager:
                     payload.result,
                     payload.digest,
                     payload.location,
+                    payload.agent,
                 )
             )
         else:

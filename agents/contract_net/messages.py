@@ -231,6 +231,8 @@ class InformResult(_Payload):
     result: bytes | None = Field(default=None, max_length=RESULT_BYTES_WIRE_MAX)
     digest: bytes | None = Field(default=None, min_length=1, max_length=DIGEST_BYTES_MAX)
     location: str | None = Field(default=None, min_length=1, max_length=LOCATION_CHARS_MAX)
+    agent: str | None = Field(default=None, min_length=1, max_length=CAPABILITY_CHARS_MAX)
+    """The agent that produced the result, for the ledger and timelines."""
 
     @model_validator(mode="after")
     def _one_form(self) -> InformResult:

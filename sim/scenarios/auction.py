@@ -397,7 +397,7 @@ class AuctionHost:
             self.obs.results_adopted += 1
             self._record_result(ResultReported(payload.task_id, payload.epoch, message.sender,
                                                payload.result, payload.digest,
-                                               payload.location))
+                                               payload.location, payload.agent))
         elif isinstance(payload, CallForProposals):
             for task_id, epoch in list(self._runs):
                 if task_id == payload.task_id and epoch < payload.epoch:
