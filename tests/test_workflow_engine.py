@@ -6,6 +6,7 @@ Real processes and the Raft-backed checkpoints are tested in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
+from agents.model_agent import ModelAgent
+from agents.models.offline import ScriptedModel, reply
 from agents.outcomes import Handoff, handoff_to_result
 from agents.workflow.engine import DONE, FAILED, REJECTED, GateDecision, WorkflowEngine
 from agents.workflow.spec import WorkflowSpec, load_workflow, parse_workflow
@@ -181,6 +184,25 @@ def test_an_orchestrator_chooses_speakers_and_every_choice_is_recorded() -> None
                                      "why": "b knows best at turn 1"}
     assert "chose 'stranger', not a participant" in chat["selections"][1]["why"]
     assert checkpoints.records["c/turn-1"].meta["chosen_by"] == "orchestrator:boss"
+
+
+def test_a_model_driven_selector_chooses_the_speakers() -> None:
+    def choose(messages: Any, tools: Any) -> Any:
+        task = json.loads(messages[-1].content)["input"]
+        spoken = [turn["speaker"] for turn in task["transcript"]]
+        pick = "b" if spoken.count("b") < 2 else "a"
+        return reply(json.dumps({"next": pick, "why": f"b has spoken {spoken.count('b')} times"}))
+
+    selector = ModelAgent("selector", ["chat.select"], model=ScriptedModel(choose),
+                          output="json")
+    runner = FakeRunner({"a": speaker("a"), "b": speaker("b"),
+                         "chat.select": lambda task: selector.handle("chat.select", task)})
+    chat = run(spec([{"pattern": "group_chat", "name": "c", "participants": ["a", "b"],
+                      "speaker": "model", "selector": "chat.select", "max_turns": 3}]),
+               runner).result
+    assert [s["speaker"] for s in chat["selections"]] == ["b", "b", "a"]
+    assert chat["selections"][2]["chosen_by"] == "model:chat.select"
+    assert chat["selections"][2]["why"] == "b has spoken 2 times"
 
 
 def test_members_join_and_leave_while_the_chat_runs() -> None:

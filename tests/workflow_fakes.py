@@ -1,6 +1,7 @@
 """In-memory stand-ins for the workflow engine's runner and checkpoints (tests only).
 
-``FakeRunner`` runs "agents" that are plain Python functions of the task input,
+``FakeRunner`` runs "agents" that are Python functions (or coroutine functions,
+e.g. a ``ModelAgent``'s bound ``handle``) of the task input,
 keyed by target, and counts every run per task id, so a test can say that a
 resumed workflow did not run a finished step again. Gates are answered through
 ``answer``; a task can be made to block until a test releases it.
@@ -8,6 +9,7 @@ resumed workflow did not run a finished step again. Gates are answered through
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +62,8 @@ class FakeRunner:
             return TaskOutcome(False, error=f"no agent offers {target}", task_id=task_id)
         try:
             result = behaviour(task_input)
+            if inspect.isawaitable(result):
+                result = await result
         except AgentFailure as exc:
             return TaskOutcome(False, error=str(exc), agent=target, node="n1",
                                task_id=task_id, epoch=1)
