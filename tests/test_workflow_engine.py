@@ -39,6 +39,11 @@ def upper(task: Mapping[str, Any]) -> dict[str, Any]:
     return {"text": str(task.get("text", task.get("input", ""))).upper()}
 
 
+def two_turns(transcript: list[dict[str, Any]]) -> bool:
+    """A chat predicate, imported by name."""
+    return len(transcript) >= 2
+
+
 def join_names(branches: list[dict[str, Any]]) -> str:
     """A custom aggregator, imported by name."""
     return "+".join(b["name"] for b in branches if b["state"] == DONE)
@@ -156,6 +161,19 @@ def test_round_robin_chat_ends_when_a_speaker_is_done() -> None:
     assert [t["speaker"] for t in chat["transcript"]] == ["critic", "editor"] * 2
     assert chat["stopped"] == "editor said it is done"
     assert all(s["chosen_by"] == "round_robin" for s in chat["selections"])
+
+
+def test_a_predicate_that_cannot_be_imported_fails_the_chat_step_by_name() -> None:
+    checkpoints = MemoryCheckpoints()
+    outcome = run(spec([{"pattern": "group_chat", "name": "c", "participants": ["a"],
+                         "until": "no_such_module:stop"}]), FakeRunner({"a": speaker("a")}),
+                  checkpoints)
+    assert outcome.state == FAILED and "cannot import no_such_module" in outcome.error
+    assert checkpoints.records["c"].state == FAILED
+    chat = run(spec([{"pattern": "group_chat", "name": "c", "participants": ["a"],
+                      "until": "test_workflow_engine:two_turns"}]),
+               FakeRunner({"a": speaker("a")})).result
+    assert chat["turns"] == 2 and "test_workflow_engine:two_turns said stop" in chat["stopped"]
 
 
 def test_chat_stops_on_text_or_max_turns() -> None:

@@ -459,7 +459,12 @@ class WorkflowEngine:
         transcript: list[dict[str, Any]] = []
         selections: list[dict[str, Any]] = []
         changes: list[dict[str, Any]] = []
-        until = load_function(step.until) if step.until is not None else None
+        until = None
+        if step.until is not None:
+            try:
+                until = load_function(step.until)
+            except WorkflowError as exc:
+                raise StepFailed(key, str(exc)) from None
         rotation = 0
         stopped = f"max_turns ({step.max_turns}) reached"
         for turn in range(1, step.max_turns + 1):
