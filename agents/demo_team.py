@@ -20,7 +20,9 @@ comes out:
   ``support.escalation``: a support desk for handoffs (triage hands a case to
   billing, to tech, or to both at once; billing escalates large refunds);
 - ``plan.manager``, ``plan.collector``, ``plan.drafter``: a manager that plans
-  and assigns work to two workers (the magentic pattern).
+  and assigns work to two workers (the magentic pattern);
+- the coordination agents of ``agents.demo_coordination`` (shared context and
+  events).
 
 Every node hosts the whole team; each agent's bids carry a small cost drawn per
 node process, so the auctions spread the work over the nodes.
@@ -43,6 +45,7 @@ from typing import Any
 import anyio
 
 from agents.agent import Agent, AgentInputError, Estimate
+from agents.demo_coordination import coordination_agents
 from agents.model_agent import AgentLimits, ModelAgent
 from agents.models.base import ChatMessage, ModelReply
 from agents.models.offline import ScriptedModel, call, reply
@@ -205,7 +208,7 @@ def team_agents() -> list[Agent]:
         concurrency_max=2)
     return [*(Researcher(c) for c in _ANGLES), analyst, Writer(), Critic(), Editor(),
             Chair(), Triage(), Billing(), TechSupport(), Escalation(), PlanManager(),
-            Collector(), Drafter()]
+            Collector(), Drafter(), *coordination_agents()]
 
 
 class Triage(TeamAgent):

@@ -49,6 +49,7 @@ from agents.contract_net.messages import (
     CallForProposals,
 )
 from agents.outcomes import Handoff, handoff_to_result
+from agents.task_services import TaskServices, reset, running_as
 from mesh.errors import ConfigError, MeshError
 
 __all__ = [
@@ -228,10 +229,19 @@ class AgentHost:
 
     @property
     def capabilities(self) -> list[str]:
-        """Every capability offered here, sorted, each once: the agents' own, and
-        ``agent:<name>`` for each agent (a task for that agent by name)."""
+        """Every capability offered here, sorted, each once: the agents' own, and for
+        each agent ``agent:<name>`` (that agent, on any node) and
+        ``agent:<name>@<node id hex>`` (that agent on this node: a task pinned here)."""
         return sorted({c for agent in self._agents for c in agent.capabilities}
-                      | {AGENT_CAPABILITY_PREFIX + agent.name for agent in self._agents})
+                      | {AGENT_CAPABILITY_PREFIX + agent.name for agent in self._agents}
+                      | {self._pinned(agent) for agent in self._agents})
+
+    def _pinned(self, agent: Agent) -> str:
+        return f"{AGENT_CAPABILITY_PREFIX}{agent.name}@{self._node.node_id.hex()}"
+
+    def _offers(self, agent: Agent, capability: str) -> bool:
+        """Whether ``agent`` takes tasks of ``capability`` (its own, or it by name)."""
+        return _offers(agent, capability) or capability == self._pinned(agent)
 
     @property
     def load(self) -> int:
@@ -271,7 +281,7 @@ class AgentHost:
         best: Agent | None = None
         best_free = 0
         for agent in self._agents:
-            if _offers(agent, capability):
+            if self._offers(agent, capability):
                 free = agent.concurrency_max - self._running[agent.name]
                 if free > best_free:
                     best, best_free = agent, free
@@ -287,14 +297,14 @@ class AgentHost:
         agents offer only it and conservative otherwise: it may refuse a task that
         would fit, never admit one that does not.
         """
-        if not any(_offers(agent, capability) for agent in self._agents):
+        if not any(self._offers(agent, capability) for agent in self._agents):
             return False
         demand = {cap: count for cap, count in held.items() if count > 0}
         demand[capability] = demand.get(capability, 0) + 1
         places = 1 + self._settings.queue_per_slot
         free = {agent.name: agent.concurrency_max * places for agent in self._agents}
 
-        offering = {cap: sorted((a for a in self._agents if _offers(a, cap)),
+        offering = {cap: sorted((a for a in self._agents if self._offers(a, cap)),
                                 key=lambda agent: len(agent.capabilities)) for cap in demand}
         for cap in sorted(demand, key=lambda c: sum(a.concurrency_max for a in offering[c])):
             able = offering[cap]
@@ -325,7 +335,7 @@ class AgentHost:
         ``timeout_s`` (default ``task_timeout_s``, never more) bounds the wait for
         a slot and the agent's ``handle`` together.
         """
-        able = [agent for agent in self._agents if _offers(agent, capability)]
+        able = [agent for agent in self._agents if self._offers(agent, capability)]
         if not able:
             return self._failed(FailureCause.NO_CAPABILITY, f"no agent offers {capability!r}")
         if not isinstance(task_input, Mapping):
@@ -370,6 +380,7 @@ class AgentHost:
         output: object = None
         if capability.startswith(AGENT_CAPABILITY_PREFIX):
             capability = agent.capabilities[0]  # asked for by name: its first capability
+        token = running_as(TaskServices(agent.name, self._node, capability))
         try:
             with anyio.move_on_after(limit_s) as scope:
                 output = await agent.handle(capability, task_input)
@@ -378,6 +389,8 @@ class AgentHost:
         except Exception as exc:
             log.warning("agent %s failed a %s task", agent.name, capability, exc_info=True)
             return self._failed(FailureCause.AGENT_ERROR, f"{type(exc).__name__}: {exc}", agent)
+        finally:
+            reset(token)
         if scope.cancelled_caught:
             return self._failed(FailureCause.TIMEOUT, f"{capability} ran longer than "
                                 f"{limit_s:g} s", agent)
@@ -415,7 +428,7 @@ class AgentHost:
         agent has the capability (or it raised). Whether a slot is free is
         ``has_room``'s question, not this one's."""
         agent = self.pick(capability) or next(
-            (a for a in self._agents if _offers(a, capability)), None)
+            (a for a in self._agents if self._offers(a, capability)), None)
         if agent is None:
             return None
         if capability.startswith(AGENT_CAPABILITY_PREFIX):

@@ -524,7 +524,9 @@ async def test_the_advert_follows_the_load_and_coalesces_bursts() -> None:
     host = AgentHost(node, [gate, WordCountAgent(FOUR)],
                      settings=HostSettings(publish_interval_s=0.3))
     key = advert_key(node.node_id)
-    idle = {"capabilities": ["agent:demo.wordcount", "agent:gate", "demo.wordcount", "gate"],
+    here = node.node_id.hex()
+    idle = {"capabilities": ["agent:demo.wordcount", f"agent:demo.wordcount@{here}",
+                             "agent:gate", f"agent:gate@{here}", "demo.wordcount", "gate"],
             "load": 0, "limit": 7,
             "agents": ["gate", "demo.wordcount"]}
     async with advertising(host), anyio.create_task_group() as tg:
@@ -655,8 +657,12 @@ async def test_an_agent_takes_tasks_by_its_name_and_hands_cases_on() -> None:
                 return Handoff.to("billing", "@refunds", context={"seen_by": capability})
             return {"capability": capability}
 
-    host = AgentHost(FakeNode(), [Triage("triage", ["support.triage"])])
+    node = FakeNode()
+    host = AgentHost(node, [Triage("triage", ["support.triage"])])
     assert "agent:triage" in host.capabilities
+    pinned = f"agent:triage@{node.node_id.hex()}"
+    assert pinned in host.capabilities and host.has_room({}, pinned)
+    assert not host.has_room({}, "agent:triage@" + "00" * 16)
     by_name = await host.run_task("agent:triage", {})
     assert isinstance(by_name, TaskDone) and by_name.output == {"capability": "support.triage"}
     handed = await host.run_task("support.triage", {"kind": "bill"})

@@ -1,0 +1,114 @@
+"""Offline agents that coordinate through shared context and events (``--agents team``).
+
+How this works: each agent does one coordination act with the services of the
+node it runs on (``agents.task_services.current()``), so a test or a workflow
+can pin it to a node (``@name@<node id hex>``) and watch what other nodes see:
+
+- ``ctx-writer`` (``coord.write``): increments a critical context's counter
+  ``increments`` times by optimistic concurrency, and counts its own writes in a
+  field named after its node;
+- ``intruder`` (``coord.intrude``): tries to write a context and reports the
+  refusal;
+- ``publisher`` (``coord.publish``): publishes ``count`` ``StateChanged`` events
+  and a ``TaskCompleted``;
+- ``listener`` (``coord.listen``): collects ``count`` events from a source, in
+  the order it receives them, within ``timeout_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+
+from agents.agent import Agent, AgentInputError
+from agents.events import StateChanged, TaskCompleted
+from agents.shared_context import ContextPermissionError
+from agents.task_services import current
+
+__all__ = ["coordination_agents"]
+
+_COUNT_MAX = 1000
+
+
+def _text(task_input: Mapping[str, Any], name: str) -> str:
+    value = task_input.get(name)
+    if not isinstance(value, str) or not value:
+        raise AgentInputError(f"the input needs a non-empty {name!r}")
+    return value
+
+
+def _count(task_input: Mapping[str, Any], name: str) -> int:
+    value = task_input.get(name, 1)
+    if type(value) is not int or not 1 <= value <= _COUNT_MAX:
+        raise AgentInputError(f"{name} must be an integer from 1 to {_COUNT_MAX}")
+    return value
+
+
+class ContextWriter(Agent):
+    def __init__(self) -> None:
+        super().__init__("ctx-writer", ["coord.write"], concurrency_max=4)
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        scope, context_id = _text(task_input, "scope"), _text(task_input, "context")
+        services = current()
+        mine = f"by_{services.node_id.hex()[:8]}"
+        state = None
+        for _ in range(_count(task_input, "increments")):
+            state = await services.contexts.update(context_id, scope, lambda data: {
+                "counter": int(data.get("counter", 0)) + 1,
+                mine: int(data.get(mine, 0)) + 1})
+        assert state is not None
+        return {"field": mine, "version": state.version,
+                "retries": services.contexts.counters["retries"]}
+
+
+class Intruder(Agent):
+    def __init__(self) -> None:
+        super().__init__("intruder", ["coord.intrude"])
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        scope, context_id = _text(task_input, "scope"), _text(task_input, "context")
+        try:
+            await current().contexts.write(context_id, scope, {"counter": -1})
+        except ContextPermissionError as exc:
+            return {"refused": str(exc)}
+        return {"refused": None}
+
+
+class Publisher(Agent):
+    def __init__(self) -> None:
+        super().__init__("publisher", ["coord.publish"])
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        count = _count(task_input, "count")
+        bus = current().events
+        for number in range(1, count + 1):
+            bus.publish(StateChanged(subject="progress", old=number - 1, new=number))
+        bus.publish(TaskCompleted(task_id=str(task_input.get("task", "publishing")),
+                                  result={"published": count}))
+        return {"published": count + 1}
+
+
+class Listener(Agent):
+    def __init__(self) -> None:
+        super().__init__("listener", ["coord.listen"])
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        source, count = _text(task_input, "source"), _count(task_input, "count")
+        timeout_s = float(task_input.get("timeout_s", 30.0))
+        bus = current().events
+        seen: list[dict[str, Any]] = []
+        with anyio.move_on_after(min(timeout_s, 120.0)):
+            async for event in bus.subscribe(sources=[source]):
+                seen.append({"type": event.type, "seq": event.seq,
+                             "new": getattr(event, "new", None)})
+                if len(seen) >= count:
+                    break
+        return {"events": seen, "missed": bus.missed}
+
+
+def coordination_agents() -> list[Agent]:
+    """The coordination agents, as ``--agents team`` hosts them."""
+    return [ContextWriter(), Intruder(), Publisher(), Listener()]
