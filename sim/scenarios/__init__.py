@@ -17,6 +17,7 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "gossip": GossipScenario,
     "raft": RaftScenario,
     "auction": AuctionScenario,
+    "coordination": lambda: RaftScenario(counters=True),
 }
 
 

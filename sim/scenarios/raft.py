@@ -426,6 +426,7 @@ class _Op:
     deadline: float
     attempts: int = 0
     done: bool = False
+    result: Any = None
 
 
 class _Client:
@@ -439,6 +440,8 @@ class _Client:
         self.ops = 0
         self.leader: int | None = None
         self.versions: dict[str, int] = {}
+        self.next_cas: tuple[str, bytes, int] | None = None
+        """Counters workload: the compare-and-set its last read calls for."""
 
     def new_session(self) -> None:
         """Start over after an operation of unknown outcome (see KV sessions)."""
@@ -451,7 +454,13 @@ class _Workload:
     """Clients issuing requests to the nodes' hosts, recorded in ``history``."""
 
     def __init__(self, world: World, rng: Random, *, keys: int, attempt_timeout_s: float,
-                 op_timeout_s: float, stop_s: float) -> None:
+                 op_timeout_s: float, stop_s: float, counters: bool = False) -> None:
+        self.counters = counters
+        self.acked: dict[str, int] = {}
+        """Counters workload: increments acknowledged per key."""
+        self.unacked: dict[str, int] = {}
+        """Counters workload: increments of unknown outcome per key."""
+        self.cas_conflicts = 0
         self.world = world
         self.rng = rng
         self.keys = [f"k{i}" for i in range(keys)]
@@ -489,6 +498,8 @@ class _Workload:
         self._invoke(client, kind, args[0], args[1:], command)
 
     def _draw(self, client: _Client) -> tuple[str, tuple[Any, ...], Command | None]:
+        if self.counters:
+            return self._draw_increment(client)
         rng = self.rng
         key = rng.choice(self.keys)
         client.ops += 1
@@ -505,6 +516,16 @@ class _Workload:
                 expect = rng.randrange(4)
             return "cas", (key, value, expect), CompareAndSet(key, value, expect)
         return "delete", (key,), Delete(key)
+
+    def _draw_increment(self, client: _Client) -> tuple[str, tuple[Any, ...], Command | None]:
+        """Optimistic concurrency: read a counter, then compare-and-set it to one more
+        at the version read; a lost compare-and-set reads again."""
+        client.ops += 1
+        if client.next_cas is not None:
+            key, value, expect = client.next_cas
+            client.next_cas = None
+            return "cas", (key, value, expect), CompareAndSet(key, value, expect)
+        return "get", (self.rng.choice(self.keys),), None
 
     def _invoke(self, client: _Client, kind: str, key: str, args: tuple[Any, ...],
                 command: Command | None) -> _Op:
@@ -619,10 +640,13 @@ class _Workload:
         if op.done:
             return
         op.done = True
+        op.result = result
         now = self.world.now
         self.history.complete(op.handle, result, at=now)
         self.ok += 1
         self.latencies.append(now - op.invoked)
+        if self.counters and op.client.name != _FINAL_CLIENT:
+            self._count_increment(op, result)
         versions = op.client.versions
         if op.kind == "get" or op.kind == "cas":
             versions[op.key] = result[1]
@@ -632,9 +656,21 @@ class _Workload:
             versions[op.key] = 0
         self._then_next(op.client)
 
+    def _count_increment(self, op: _Op, result: Any) -> None:
+        if op.kind == "get":
+            value, version = result
+            op.client.next_cas = (op.key, str(int(value or b"0") + 1).encode(), version)
+        elif op.kind == "cas" and result[0]:
+            self.acked[op.key] = self.acked.get(op.key, 0) + 1
+        elif op.kind == "cas":
+            self.cas_conflicts += 1
+
     def _give_up(self, op: _Op) -> None:
         if op.done:
             return
+        if self.counters and op.kind == "cas":
+            self.unacked[op.key] = self.unacked.get(op.key, 0) + 1
+        op.client.next_cas = None
         op.done = True
         self.history.unknown(op.handle)
         self.unknown += 1
@@ -674,8 +710,12 @@ class RaftScenario:
         attempt_timeout_s: float = 1.0,
         op_timeout_s: float = 6.0,
         linearizability_time_limit_s: float = 60.0,
+        counters: bool = False,
     ) -> None:
         self.settings = settings or RaftSettings()
+        self.counters = counters
+        if counters:
+            self.name = "coordination"
         if clients < 0 or keys < 1:
             raise ValueError(f"clients ({clients}) must be >= 0 and keys ({keys}) >= 1")
         low, high = fsync_latency_s
@@ -754,7 +794,8 @@ class RaftScenario:
         description = world.describe() + "\n" + self.describe()
         workload = _Workload(world, streams.stream("clients"), keys=self.keys,
                              attempt_timeout_s=self.attempt_timeout_s,
-                             op_timeout_s=self.op_timeout_s, stop_s=options.duration_s)
+                             op_timeout_s=self.op_timeout_s, stop_s=options.duration_s,
+                             counters=self.counters)
         workload.start_clients(self.clients, min(_WARMUP_S, options.duration_s / 2))
         world.advance(options.duration_s)
         heal_everything(world, options.loss or 0.0)
@@ -768,8 +809,11 @@ class RaftScenario:
             violations.append(Violation("raft.convergence", world.now,
                                         f"not converged {settle:.1f} s after healing: "
                                         + _disagreement(world)))
+        finals: list[_Op] = []
+        acked_before_finals: dict[str, int] = {}
         if converged:
             violations += _kv_divergence(world)
+            acked_before_finals = dict(workload.acked)
             finals = workload.final_reads(_leader_index(world))
             answered = world.run_until(lambda: all(op.done for op in finals),
                                        world.now + settle)
@@ -778,11 +822,14 @@ class RaftScenario:
                 violations.append(Violation("raft.final_read", world.now,
                                             f"final reads of {missing} unanswered after "
                                             f"{settle:.1f} s"))
+
         # Let every client operation still open finish or time out, so the history
         # holds each one's final outcome.
         last_deadline = max((op.deadline for op in workload.open_ops), default=0.0)
         world.run_until(lambda: all(op.done for op in workload.open_ops),
                         max(world.now, last_deadline + self.attempt_timeout_s))
+        if self.counters and finals and all(op.done for op in finals):
+            violations += _lost_increments(workload, acked_before_finals, finals, world.now)
         violations = world.check() + storms[:_STORMS_REPORTED] + violations
         verdict = check(workload.history, KVModel(DeleteVersioning.RESET),
                         time_limit_s=self.linearizability_time_limit_s)
@@ -822,6 +869,9 @@ class RaftScenario:
                 "snapshots_installed": float(totals["snapshots_installed"]),
                 "message_storms": float(totals["message_storms"]),
                 "linearizability_states": float(verdict.stats.states_explored),
+                **({"increments_acked": float(sum(workload.acked.values())),
+                    "increments_unknown": float(sum(workload.unacked.values())),
+                    "cas_conflicts": float(workload.cas_conflicts)} if self.counters else {}),
             },
             samples={"leader_failover_s": failovers, "client_latency_s": workload.latencies},
             series={"leadership": [[at, node, term] for at, node, term in safety.leadership]},
@@ -856,6 +906,27 @@ class RaftScenario:
 
 
 # -- convergence and reporting ----------------------------------------------------------
+
+
+def _lost_increments(workload: _Workload, acked_before: dict[str, int], finals: list[_Op],
+                     at: float) -> list[Violation]:
+    """Counters: each final read sees at least the increments acknowledged before it
+    began, and at most all increments acknowledged or of unknown outcome once every
+    client operation ended (some were still in flight during the final read)."""
+    found = []
+    for op in finals:
+        value = int(op.result[0] or b"0") if op.result else 0
+        acked = acked_before.get(op.key, 0)
+        unknown = workload.unacked.get(op.key, 0)
+        if value < acked:
+            found.append(Violation("coordination.lost_update", at,
+                                   f"{op.key} is {value} after {acked} acknowledged increments"))
+        elif value > workload.acked.get(op.key, 0) + unknown:
+            found.append(Violation("coordination.phantom_update", at,
+                                   f"{op.key} is {value}: more than "
+                                   f"{workload.acked.get(op.key, 0)} acknowledged + "
+                                   f"{unknown} unknown increments"))
+    return found
 
 
 def _host(node: SimNode) -> RaftHost | None:
