@@ -12,11 +12,15 @@ can pin it to a node (``@name@<node id hex>``) and watch what other nodes see:
 - ``publisher`` (``coord.publish``): publishes ``count`` ``StateChanged`` events
   and a ``TaskCompleted``;
 - ``listener`` (``coord.listen``): collects ``count`` events from a source, in
-  the order it receives them, within ``timeout_s``.
+  the order it receives them, within ``timeout_s``;
+- ``archivist`` (``coord.memory``): records and queries episodes, remembers and
+  recalls facts, in a memory scope (``op``: ``record``, ``query``,
+  ``remember``, ``recall``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +28,7 @@ import anyio
 
 from agents.agent import Agent, AgentInputError
 from agents.events import StateChanged, TaskCompleted
+from agents.memory import Episode, new_episode_id
 from agents.shared_context import ContextPermissionError
 from agents.task_services import current
 
@@ -109,6 +114,39 @@ class Listener(Agent):
         return {"events": seen, "missed": bus.missed}
 
 
+class Archivist(Agent):
+    def __init__(self) -> None:
+        super().__init__("archivist", ["coord.memory"], concurrency_max=2)
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        services, scope = current(), _text(task_input, "scope")
+        operation = task_input.get("op")
+        if operation == "record":
+            episodes = services.episodic(scope)
+            recorded = []
+            for text in task_input.get("texts", []):
+                now = time.time()
+                episode = await episodes.record(Episode(
+                    new_episode_id(), scope, self.name, "coord.memory", {"text": text},
+                    {"kept": True}, "done", now, now, tuple(task_input.get("tags", ())), text))
+                recorded.append(episode.episode_id)
+            return {"recorded": recorded}
+        if operation == "query":
+            found = await services.episodic(scope).query(text=task_input.get("text"),
+                                                         limit=int(task_input.get("limit", 20)))
+            return {"episodes": [episode.text for episode in found]}
+        if operation == "remember":
+            semantic = services.semantic(scope)
+            facts = [await semantic.remember(text, source=self.name)
+                     for text in task_input.get("facts", [])]
+            return {"remembered": len(facts)}
+        if operation == "recall":
+            hits = await services.semantic(scope).recall(_text(task_input, "query"),
+                                                         k=int(task_input.get("k", 3)))
+            return {"facts": [[fact.text, round(score, 4)] for fact, score in hits]}
+        raise AgentInputError(f"op {operation!r} must be record, query, remember or recall")
+
+
 def coordination_agents() -> list[Agent]:
     """The coordination agents, as ``--agents team`` hosts them."""
-    return [ContextWriter(), Intruder(), Publisher(), Listener()]
+    return [ContextWriter(), Intruder(), Publisher(), Listener(), Archivist()]

@@ -3,8 +3,8 @@
 How this works: the host (``agents.host``) sets a ``TaskServices`` for the
 duration of each ``handle`` call, in a context variable, so an agent calls
 ``current()`` instead of being handed the node. Everything it gets acts as
-that agent: shared-context permissions are checked against its name, events it
-publishes carry its name as their source.
+that agent: shared-context and memory permissions are checked against its
+name, events it publishes carry its name as their source.
 
 Outside a task (``current()`` raises ``MeshError``) code uses the same classes
 directly with a ``KVClient`` and a node's gossip.
@@ -12,11 +12,13 @@ directly with a ``KVClient`` and a node's gossip.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
 from agents.events import EventBus
+from agents.memory import AccessCheck, EpisodicMemory, SemanticMemory, glob_access
 from agents.shared_context import SharedContexts
 from mesh.errors import MeshError
 
@@ -58,6 +60,20 @@ class TaskServices:
             self._contexts.append(SharedContexts(self.kv, self.gossip, self.agent))
         return self._contexts[0]
 
+    def episodic(self, scope: str, *, read: Sequence[str] = ("*",),
+                 write: Sequence[str] = ("*",)) -> EpisodicMemory:
+        """Episodic memory of ``scope`` acting as this agent: ``read``/``write`` glob
+        patterns over agent names; a ``private/<agent>`` scope is that agent's only."""
+        return EpisodicMemory(self.kv, scope, access=_access(scope, read, write),
+                              actor=self.agent)
+
+    def semantic(self, scope: str, *, read: Sequence[str] = ("*",),
+                 write: Sequence[str] = ("*",)) -> SemanticMemory:
+        """Semantic memory of ``scope`` (the built-in embedder) acting as this agent;
+        permissions as for ``episodic``."""
+        return SemanticMemory(self.kv, scope, access=_access(scope, read, write),
+                              actor=self.agent)
+
     @property
     def events(self) -> EventBus:
         """The event bus, publishing as this agent."""
@@ -66,6 +82,13 @@ class TaskServices:
         if bus is None:
             bus = _BUSES[key] = EventBus(self.gossip, self.agent)
         return bus
+
+
+def _access(scope: str, read: Sequence[str], write: Sequence[str]) -> AccessCheck:
+    if scope.startswith("private/"):
+        owner = scope.split("/")[1]
+        return glob_access([owner], [owner])
+    return glob_access(read, write)
 
 
 def current() -> TaskServices:

@@ -8,6 +8,11 @@ Agents are pinned to nodes with the capability ``agent:<name>@<node id hex>``.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,12 +43,13 @@ def node_ids(up: UpProcess) -> list[str]:
 
 
 async def run_tasks(kv: Any, tasks: list[tuple[str, dict[str, Any]]],
-                    timeout_s: float = 90) -> list[Any]:
+                    timeout_s: float = 90, max_attempts: int = 3) -> list[Any]:
     """Submit every (capability, input) at once; their results, in order."""
     ids: list[str] = []
 
     async def submit(capability: str, task_input: dict[str, Any]) -> None:
-        ids.append((await submit_task(kv, capability, task_input)).task_id)
+        ids.append((await submit_task(kv, capability, task_input,
+                                      max_attempts=max_attempts)).task_id)
 
     async with anyio.create_task_group() as group:
         for capability, task_input in tasks:
@@ -116,3 +122,59 @@ def test_events_reach_another_node_in_the_order_their_source_published(
             assert listened["missed"] == 0
 
     anyio.run(main)
+
+
+FACTS = [
+    "solar panels lose about half a percent of output each year",
+    "heat pumps move heat instead of burning fuel",
+    "lithium batteries prefer a charge between twenty and eighty percent",
+    "wind turbines turn to face the wind",
+    "inverters turn direct current into alternating current",
+    "grid operators balance supply and demand every second",
+    "insulation keeps heat in during winter",
+    "smart meters report use every half hour",
+]
+
+
+def test_memory_outlives_a_node_restart_and_recalls_the_nearest_facts(
+        team: tuple[Path, list[str]], tmp_path: Path) -> None:
+    cluster, nodes = team
+
+    async def remember(kv: Any) -> None:
+        await run_tasks(kv, [(f"agent:archivist@{nodes[0]}", {
+            "op": "record", "scope": "team/research",
+            "texts": ["surveyed twelve installers", "priced three battery models",
+                      "interviewed a grid operator"]})])
+        await run_tasks(kv, [(f"agent:archivist@{nodes[0]}", {
+            "op": "remember", "scope": "team/research", "facts": FACTS})])
+
+    anyio.run(kv_session, cluster, remember)
+    node_dir = cluster / "node1"
+    assert json.loads((node_dir / "run.json").read_text())["node_id"] == nodes[0]
+    os.kill(json.loads((node_dir / "run.json").read_text())["pid"], signal.SIGKILL)
+    restarted = subprocess.Popen([sys.executable, "-m", "mesh.cli", "node", "run", "--dir",
+                                  str(node_dir), "--agents", "team"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async def recall(kv: Any) -> tuple[Any, Any]:
+            ((episodes, record), ) = await run_tasks(kv, [(f"agent:archivist@{nodes[0]}", {
+                "op": "query", "scope": "team/research"})], timeout_s=120, max_attempts=20)
+            assert record.contractor.hex() == nodes[0]  # answered by the restarted node
+            ((recalled, _), ) = await run_tasks(kv, [(f"agent:archivist@{nodes[1]}", {
+                "op": "recall", "scope": "team/research",
+                "query": "how fast do solar panels lose output", "k": 2})])
+            return episodes, recalled
+
+        episodes, recalled = anyio.run(kv_session, cluster, recall)
+    finally:
+        restarted.kill()
+        restarted.wait()
+    assert episodes["episodes"] == ["interviewed a grid operator", "priced three battery models",
+                                    "surveyed twelve installers"]
+    assert recalled["facts"][0][0] == FACTS[0]
+    assert recalled["facts"][0][1] > recalled["facts"][1][1]
+
+
+async def kv_session(cluster: Path, work: Any) -> Any:
+    async with KVClient.connect(cluster) as kv:
+        return await work(kv)
