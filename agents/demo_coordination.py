@@ -15,7 +15,14 @@ can pin it to a node (``@name@<node id hex>``) and watch what other nodes see:
   the order it receives them, within ``timeout_s``;
 - ``archivist`` (``coord.memory``): records and queries episodes, remembers and
   recalls facts, in a memory scope (``op``: ``record``, ``query``,
-  ``remember``, ``recall``).
+  ``remember``, ``recall``);
+- ``voter`` (``coord.vote``): votes as its input's ``context.preferences`` say
+  for the node it runs on (a map of node id hex to option);
+- ``waiter`` (``coord.wait``): as task ``me``, waits for task ``holder`` to be
+  done (the key ``done/<holder>``), through the mesh-wide wait-for graph, and
+  marks itself done whatever happened: a wait that would close a cycle is
+  refused at once and reported;
+- ``reporter`` (``coord.report``): reports a value and when it read it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from typing import Any
 import anyio
 
 from agents.agent import Agent, AgentInputError
+from agents.coordination.raft_waits import MeshWaits
+from agents.coordination.waits import DeadlockError, WaitTimeout, bounded_wait
 from agents.events import StateChanged, TaskCompleted
 from agents.memory import Episode, new_episode_id
 from agents.shared_context import ContextPermissionError
@@ -147,6 +156,58 @@ class Archivist(Agent):
         raise AgentInputError(f"op {operation!r} must be record, query, remember or recall")
 
 
+class Voter(Agent):
+    def __init__(self) -> None:
+        super().__init__("voter", ["coord.vote"], concurrency_max=2)
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        context = task_input.get("context") or {}
+        preferences = context.get("preferences", {}) if isinstance(context, Mapping) else {}
+        choice = preferences.get(current().node_id.hex())
+        return {"choice": choice, "reason": f"the preference of node {current().node_id.hex()[:8]}"}
+
+
+class Waiter(Agent):
+    def __init__(self) -> None:
+        super().__init__("waiter", ["coord.wait"], concurrency_max=4)
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        me, holder = _text(task_input, "me"), _text(task_input, "holder")
+        timeout_s = float(task_input.get("timeout_s", 30.0))
+        services = current()
+        kv = services.kv
+        waits = MeshWaits(kv, node=services.node_id.hex())
+
+        async def holder_done() -> bool:
+            return await kv.get(f"done/{holder}") is not None
+
+        try:
+            async with waits.waiting(me, holder, timeout_s=timeout_s):
+                await bounded_wait(f"task {holder} to be done", holder_done, timeout_s,
+                                   poll_interval_s=0.1)
+            outcome: dict[str, Any] = {"waited_for": holder}
+        except DeadlockError as exc:
+            outcome = {"deadlock": str(exc), "cycle": exc.cycle}
+        except WaitTimeout as exc:
+            outcome = {"timeout": str(exc)}
+        finally:
+            with anyio.CancelScope(shield=True):
+                await kv.put(f"done/{me}", b"1")
+        return outcome
+
+
+class Reporter(Agent):
+    """Reports a value with when it was read on its node (a claim for ``resolve``)."""
+
+    def __init__(self) -> None:
+        super().__init__("reporter", ["coord.report"], concurrency_max=2)
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        return {"value": task_input.get("value"), "updated_at": time.time(),
+                "node": current().node_id.hex()}
+
+
 def coordination_agents() -> list[Agent]:
     """The coordination agents, as ``--agents team`` hosts them."""
-    return [ContextWriter(), Intruder(), Publisher(), Listener(), Archivist()]
+    return [ContextWriter(), Intruder(), Publisher(), Listener(), Archivist(), Voter(),
+            Waiter(), Reporter()]

@@ -187,3 +187,31 @@ def _children(pid: int) -> list[int]:
     except FileNotFoundError:
         return []
     return [int(p) for p in text.split()]
+
+
+def wait_for_agent_adverts(cluster_dir: Path, node_names: list[str],
+                           timeout_s: float = 60.0) -> None:
+    """Wait until every node sees every node's agents advertised in gossip, so that a
+    task pinned to a node finds it among the candidates."""
+    def everywhere() -> bool:
+        for name in node_names:
+            listed = run_cli("gossip", "list", "agents/", "--cluster", str(cluster_dir),
+                             "--node", name, "--json", check=False)
+            if listed.returncode != 0:
+                return False
+            if len(json.loads(listed.stdout).get("items", [])) < len(node_names):
+                return False
+        return True
+
+    wait_for(everywhere, timeout_s=timeout_s, interval_s=0.2, what="agent adverts everywhere")
+
+
+def approve_when_pending(cluster: Path, gate_id: str,
+                         *extra: str) -> subprocess.CompletedProcess[str]:
+    """Wait for the gate to be pending, then answer it with ``agentmesh approve``."""
+    def pending() -> bool:
+        listing = run_cli("approvals", "--cluster", str(cluster), "--json").stdout
+        return any(json.loads(line)["gate"] == gate_id for line in listing.splitlines())
+    wait_for(pending, timeout_s=90, interval_s=0.2, what=f"gate {gate_id} pending")
+    return run_cli("approve", gate_id, "--cluster", str(cluster), "--by", "tester", *extra,
+                   check=False)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from agents.contract_net.ledger import TaskState, decode_record, task_key
 from agents.driver import decode_json
 from agents.shared_context import SharedContexts
 from agents.submission import submit_task
-from conftest import running_up
+from agents.workflow.client import submit_workflow, wait_workflow
+from agents.workflow.spec import parse_workflow
+from conftest import approve_when_pending, running_up, wait_for_agent_adverts
 from mesh.kv_client import KVClient
 from mesh.up_process import UpProcess
 
@@ -35,6 +38,7 @@ pytestmark = pytest.mark.timeout(180)
 def team(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     cluster = tmp_path / "mesh"
     with running_up(cluster, "--nodes", "3", "--agents", "team") as up:
+        wait_for_agent_adverts(cluster, [str(node["name"]) for node in up.nodes])
         yield cluster, node_ids(up)
 
 
@@ -178,3 +182,76 @@ def test_memory_outlives_a_node_restart_and_recalls_the_nearest_facts(
 async def kv_session(cluster: Path, work: Any) -> Any:
     async with KVClient.connect(cluster) as kv:
         return await work(kv)
+
+
+def test_a_wait_for_cycle_of_three_tasks_is_broken_with_a_clear_error(
+        team: tuple[Path, list[str]]) -> None:
+    cluster, nodes = team
+
+    async def main(kv: Any) -> list[Any]:
+        # a waits for b, b for c, c for a: whichever wait comes last would close
+        # the cycle, anywhere in the mesh, and is refused instead of hanging.
+        pairs = [("task-a", "task-b"), ("task-b", "task-c"), ("task-c", "task-a")]
+        return await run_tasks(kv, [
+            (f"agent:waiter@{node}", {"me": me, "holder": holder, "timeout_s": 60})
+            for node, (me, holder) in zip(nodes, pairs, strict=True)], timeout_s=60)
+
+    started = time.monotonic()
+    outcomes = [result for result, _ in anyio.run(kv_session, cluster, main)]
+    assert time.monotonic() - started < 45, "the cycle hung until the timeouts"
+    refused = [o for o in outcomes if "deadlock" in o]
+    assert len(refused) == 1, outcomes
+    assert sorted(refused[0]["cycle"]) == ["task-a", "task-b", "task-c"]
+    assert refused[0]["deadlock"].startswith("deadlock: task-")
+    assert "broken by refusing" in refused[0]["deadlock"]
+    assert sum("waited_for" in o for o in outcomes) == 2
+
+
+def test_a_supermajority_decides_and_a_split_vote_goes_to_a_person(
+        team: tuple[Path, list[str]]) -> None:
+    cluster, nodes = team
+
+    def ballot(preferences: list[str]) -> Any:
+        return parse_workflow({"name": "ballot", "steps": [
+            {"pattern": "vote", "name": "decide", "question": "ship the release?",
+             "options": ["ship", "wait"], "rule": "supermajority", "threshold": 0.75,
+             "voters": [f"@voter@{node}" for node in nodes],
+             "input": {"preferences": dict(zip(nodes, preferences, strict=True))}}]})
+
+    async def submit(kv: Any) -> None:
+        await submit_workflow(kv, ballot(["ship", "ship", "ship"]), workflow_id="agreed")
+        await submit_workflow(kv, ballot(["ship", "wait", "wait"]), workflow_id="split")
+
+    anyio.run(kv_session, cluster, submit)
+    answered = approve_when_pending(cluster, "split/decide", "--comment", "go ahead")
+    assert answered.returncode == 0, answered.stderr
+
+    async def outcomes(kv: Any) -> tuple[Any, Any]:
+        return (await wait_workflow(kv, "agreed", 90), await wait_workflow(kv, "split", 90))
+
+    agreed, split = anyio.run(kv_session, cluster, outcomes)
+    assert agreed.state == "done"
+    assert (agreed.result["choice"], agreed.result["by"]) == ("ship", "vote")
+    assert split.state == "done" and split.result["escalated"]
+    # 2 of 3 for "wait" falls short of three quarters: a person approved the leader.
+    assert split.result["by"] == "person:tester"
+    assert split.result["choice"] == "wait"
+
+
+def test_a_stale_claim_loses_to_the_fresher_one(team: tuple[Path, list[str]]) -> None:
+    cluster, nodes = team
+    flow = parse_workflow({"name": "prices", "steps": [
+        {"name": "early", "target": f"@reporter@{nodes[0]}", "input": {"value": 100}},
+        {"name": "late", "target": f"@reporter@{nodes[1]}", "input": {"value": 120}},
+        {"pattern": "resolve", "name": "price", "subject": "the list price",
+         "claims": {"early": "$early", "late": "$late"}, "priority": "freshness"}]})
+
+    async def main(kv: Any) -> Any:
+        await submit_workflow(kv, flow, workflow_id="prices")
+        return await wait_workflow(kv, "prices", 90)
+
+    record = anyio.run(kv_session, cluster, main)
+    assert record.state == "done"
+    settled = record.result
+    assert (settled["decided_by"], settled["value"]) == ("priority", 120)
+    assert "late" in settled["why"]

@@ -429,3 +429,106 @@ def test_workflow_files_load_and_bad_ones_say_where(tmp_path: Path) -> None:
     path.write_text("name = ")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_workflow(path)
+
+
+# ------------------------------------------------------------------ vote
+
+
+def voters(*choices: str) -> dict[str, Any]:
+    return {f"v{i}": (lambda task, c=c, i=i: {"choice": c, "reason": f"v{i} likes {c}"})
+            for i, c in enumerate(choices)}
+
+
+def vote_step(count: int, **options: Any) -> WorkflowSpec:
+    return spec([{"pattern": "vote", "name": "ballot", "question": "ship it?",
+                  "options": ["ship", "wait"], "voters": [f"v{i}" for i in range(count)],
+                  "input": "", **options}])
+
+
+def test_a_supermajority_decides_the_vote() -> None:
+    outcome = run(vote_step(3, rule="supermajority"), FakeRunner(voters("ship", "ship",
+                                                                        "ship")))
+    assert outcome.state == DONE
+    assert (outcome.result["decided"], outcome.result["choice"], outcome.result["by"]) == (
+        True, "ship", "vote")
+
+
+def test_an_undecided_vote_escalates_to_a_person() -> None:
+    workflow = vote_step(3, rule="supermajority")
+    outcome, runner = run_with_answer(workflow, "wf1/ballot", GateDecision(True, "ada", ""))
+    # run_with_answer's runner has no voters: every voter is absent, nothing decided.
+    assert outcome.state == DONE and outcome.result["by"] == "person:ada"
+    assert outcome.result["choice"] == "ship" and outcome.result["escalated"]
+    assert "Approve 'ship'" in runner.gates["wf1/ballot"].prompt
+
+    runner = FakeRunner(voters("ship", "wait", "wait", "ship", "ship"))
+    runner.agents["v4"] = failing  # absent: 3 of 5 is not two thirds
+
+    async def main() -> Any:
+        engine = WorkflowEngine("wf1", vote_step(5, rule="supermajority"), runner,
+                                MemoryCheckpoints())
+        async with anyio.create_task_group() as group:
+            group.start_soon(answer_when_asked, runner, "wf1/ballot",
+                             GateDecision(False, "bob", "not yet"))
+            return await engine.run()
+
+    refused = anyio.run(main)
+    assert refused.state == FAILED and "bob rejected 'ship'" in refused.error
+    assert runner.gates["wf1/ballot"].shown["absent"] == ["v4"]
+
+
+# ------------------------------------------------------------------ resolve
+
+
+def test_contradictory_claims_are_settled_by_freshness_with_a_record() -> None:
+    runner = FakeRunner({
+        "old": lambda task: {"value": 10, "updated_at": 100.0},
+        "new": lambda task: {"value": 12, "updated_at": 105.0},
+    })
+    outcome = run(spec([
+        {"name": "a", "target": "old", "input": {}},
+        {"name": "b", "target": "new", "input": {}},
+        {"pattern": "resolve", "name": "price", "subject": "the price",
+         "claims": {"a": "$a", "b": "$b"}, "strategy": "priority", "priority": "freshness"},
+    ]), runner)
+    assert outcome.state == DONE
+    assert (outcome.result["decided_by"], outcome.result["value"]) == ("priority", 12)
+    assert "b" in outcome.result["why"]
+
+
+def test_claimants_negotiate_in_rounds_and_one_concedes() -> None:
+    def stubborn(task: Mapping[str, Any]) -> dict[str, Any]:
+        return {"value": "red", "reason": "red is brand colour"}
+
+    def flexible(task: Mapping[str, Any]) -> dict[str, Any]:
+        if task["round"] >= 2:
+            return {"value": "red", "concede": True, "reason": "fine, red"}
+        return {"value": "blue", "reason": "blue tests better"}
+
+    runner = FakeRunner({"s": stubborn, "f": flexible})
+    outcome = run(spec([{"pattern": "resolve", "name": "colour", "subject": "logo colour",
+                         "claims": {"design": "red", "marketing": "blue"},
+                         "strategy": "negotiate",
+                         "negotiators": {"design": "s", "marketing": "f"}}]), runner)
+    assert outcome.state == DONE
+    assert (outcome.result["decided_by"], outcome.result["value"]) == ("negotiation", "red")
+    assert "wf1/colour/round-2/marketing" in runner.runs
+
+
+def test_a_deadlocked_negotiation_goes_to_a_person() -> None:
+    runner = FakeRunner({"s": lambda task: {"value": "red"}, "t": lambda task: {"value": "blue"}})
+
+    async def main() -> Any:
+        workflow = spec([{"pattern": "resolve", "name": "colour", "subject": "logo colour",
+                          "claims": {"design": "red", "marketing": "blue"},
+                          "strategy": "negotiate", "rounds_max": 2, "fallback": "person",
+                          "negotiators": {"design": "s", "marketing": "t"}}])
+        engine = WorkflowEngine("wf1", workflow, runner, MemoryCheckpoints())
+        async with anyio.create_task_group() as group:
+            group.start_soon(answer_when_asked, runner, "wf1/colour",
+                             GateDecision(True, "ceo", "red it is"))
+            return await engine.run()
+
+    outcome = anyio.run(main)
+    assert outcome.state == DONE
+    assert (outcome.result["decided_by"], outcome.result["value"]) == ("person", "red")

@@ -27,7 +27,13 @@ from agents.workflow.client import submit_workflow, wait_workflow
 from agents.workflow.engine import DONE, GateDecision, StepRecord, WorkflowEngine
 from agents.workflow.spec import parse_workflow
 from agents.workflow.store import WorkflowStore
-from conftest import run_cli, running_up, wait_for
+from conftest import (
+    approve_when_pending,
+    run_cli,
+    running_up,
+    wait_for,
+    wait_for_agent_adverts,
+)
 from mesh.kv_client import KVClient
 from mesh.up_process import UpProcess
 
@@ -104,6 +110,7 @@ approved_by = "$signoff.by"
 def team(tmp_path: Path) -> Iterator[tuple[Path, UpProcess]]:
     cluster = tmp_path / "mesh"
     with running_up(cluster, "--nodes", "3", "--agents", "team") as up:
+        wait_for_agent_adverts(cluster, [str(node["name"]) for node in up.nodes])
         yield cluster, up
 
 
@@ -112,17 +119,6 @@ def kv_run(cluster: Path, work: Any) -> Any:
         async with KVClient.connect(cluster) as kv:
             return await work(kv)
     return anyio.run(main)
-
-
-def approve_when_pending(cluster: Path, gate_id: str,
-                         *extra: str) -> subprocess.CompletedProcess[str]:
-    """Wait for the gate to be pending, then answer it with ``agentmesh approve``."""
-    def pending() -> bool:
-        listing = run_cli("approvals", "--cluster", str(cluster), "--json").stdout
-        return any(json.loads(line)["gate"] == gate_id for line in listing.splitlines())
-    wait_for(pending, timeout_s=90, interval_s=0.2, what=f"gate {gate_id} pending")
-    return run_cli("approve", gate_id, "--cluster", str(cluster), "--by", "tester", *extra,
-                   check=False)
 
 
 def test_every_pattern_runs_on_the_mesh_and_shows_who_did_what(
@@ -332,6 +328,7 @@ def test_a_step_whose_contractor_dies_is_rerun_once_at_a_new_epoch(tmp_path: Pat
         {"name": "wait", "target": "demo.sleep", "input": {"seconds": 4}},
         {"name": "after", "target": "summary", "input": {"analysis": {"text": "slept"}}}]})
     with running_up(cluster, "--nodes", "3", "--agents", "team,demo") as up:
+        wait_for_agent_adverts(cluster, [str(node["name"]) for node in up.nodes])
         pids = {str(node["node_id"]): int(node["pid"]) for node in up.nodes}
         kv_run(cluster, lambda kv: submit_workflow(kv, spec, workflow_id="long"))
 

@@ -42,6 +42,9 @@ from typing import Any, Protocol
 
 import anyio
 
+from agents.coordination.negotiation import Conflict, Proposal, ResolverConfig, resolve_conflict
+from agents.coordination.priority import Claim
+from agents.coordination.voting import Ballot, VotingRule, tally
 from agents.outcomes import Handoff, HandoffError, handoff_from_result
 from agents.workflow.spec import (
     AgentStep,
@@ -50,8 +53,10 @@ from agents.workflow.spec import (
     GroupChatStep,
     HandoffStep,
     MagenticStep,
+    ResolveStep,
     SequentialStep,
     Step,
+    VoteStep,
     WorkflowSpec,
     is_function_name,
 )
@@ -323,6 +328,10 @@ class WorkflowEngine:
             return self._select(step.output, {**scope, "result": result}, result)
         if isinstance(step, ApprovalStep):
             return await self._approval(step, scope, key, started)
+        if isinstance(step, VoteStep):
+            return await self._vote(step, scope, key, started)
+        if isinstance(step, ResolveStep):
+            return await self._resolve(step, scope, key, started)
         await self._put(StepRecord(key, step.name, step.pattern, RUNNING, started=started))
         try:
             if isinstance(step, SequentialStep):
@@ -718,6 +727,128 @@ class WorkflowEngine:
                                                 approvers, timeout_at))
         return await self.runner.await_gate(gate_id, max(0.0, timeout_at - self.runner.now()))
 
+    # -- vote ----------------------------------------------------------------------
+
+    async def _vote(self, step: VoteStep, scope: Mapping[str, Any], key: str,
+                    started: float) -> Any:
+        context = self._render(step.input, scope, key)
+        await self._put(StepRecord(key, step.name, "vote", RUNNING, started=started))
+        ballots: dict[int, Ballot] = {}
+        absent: list[str] = []
+
+        async def ask(number: int, voter: str) -> None:
+            try:
+                answer = await self._agent_task(
+                    f"{key}/voter-{number}", f"{step.name} voter {number}", "vote", voter,
+                    {"question": step.question, "options": list(step.options),
+                     "context": context}, timeout_s=step.timeout_s, max_attempts=1)
+            except StepFailed:
+                absent.append(voter)
+                return
+            choice = answer.get("choice") if isinstance(answer, Mapping) else None
+            if choice in step.options:
+                ballots[number] = Ballot(voter, str(choice), reason=str(answer.get("reason", "")))
+            else:
+                absent.append(voter)
+
+        async with anyio.create_task_group() as group:
+            for number, voter in enumerate(step.voters, start=1):
+                group.start_soon(ask, number, voter)
+        rule = VotingRule(kind=step.rule, threshold=step.threshold)
+        counted = [ballots[n] for n in sorted(ballots)]
+        outcome = tally(counted, rule, electorate=len(step.voters), closed=True)
+        result: dict[str, Any] = {
+            "question": step.question, "decided": outcome.decided, "choice": outcome.choice,
+            "by": "vote" if outcome.decided else "nobody", "reason": outcome.reason,
+            "counts": outcome.counts, "absent": sorted(absent),
+            "ballots": [{"voter": b.voter, "choice": b.choice, "reason": b.reason}
+                        for b in counted]}
+        if not outcome.decided and step.escalate:
+            leader = max(step.options, key=lambda option: (outcome.counts.get(option, 0.0),
+                                                           -step.options.index(option)))
+            decision = await self._gate(
+                f"{self.workflow_id}/{key}", key,
+                f"The vote on {step.question!r} was not decided ({outcome.reason}). "
+                f"Approve {leader!r}?", result, "", self.runner.now() + (
+                    step.escalation_timeout_s))
+            if decision is None:
+                decision = await self.runner.decide_gate(f"{self.workflow_id}/{key}", GateDecision(
+                    False, "timeout", "no answer in time", self.runner.now()))
+            result |= {"escalated": True, "decided": decision.approved,
+                       "choice": leader if decision.approved else None,
+                       "by": f"person:{decision.by}",
+                       "reason": (f"{decision.by} approved {leader!r}" if decision.approved
+                                  else f"{decision.by} rejected {leader!r}: "
+                                       f"{decision.comment}")}
+        state = DONE if result["decided"] or step.on_undecided == "continue" else FAILED
+        await self._put(StepRecord(key, step.name, "vote", state, started=started,
+                                   finished=self.runner.now(), result=result,
+                                   error=None if state == DONE else result["reason"],
+                                   meta={"by": result["by"]}))
+        if state == FAILED:
+            raise StepFailed(key, f"vote not decided: {result['reason']}")
+        return result
+
+    # -- conflict resolution -------------------------------------------------------
+
+    async def _resolve(self, step: ResolveStep, scope: Mapping[str, Any], key: str,
+                       started: float) -> Any:
+        await self._put(StepRecord(key, step.name, "resolve", RUNNING, started=started))
+        claims = [_claim(source, self._render(template, scope, key))
+                  for source, template in step.claims.items()]
+        try:
+            conflict = Conflict(step.kind, step.subject, claims)
+            config = ResolverConfig(strategy=step.strategy, priority=step.priority,
+                                    ranks=dict(step.ranks), rounds_max=step.rounds_max,
+                                    fallback=step.fallback,
+                                    rule=VotingRule(kind=step.rule),
+                                    timeout_s=step.timeout_s * 1.5)
+        except MeshError as exc:
+            raise StepFailed(key, str(exc)) from None
+        negotiators = {source: _TaskNegotiator(self, key, source, target)
+                       for source, target in step.negotiators.items()} or None
+        voters = {f"{target}#{number}": self._task_voter(key, number, target)
+                  for number, target in enumerate(step.voters, start=1)} or None
+
+        async def person(conflict: Conflict, why: str) -> Any:
+            proposal = claims[0].value
+            decision = await self._gate(
+                f"{self.workflow_id}/{key}", key,
+                f"Settle {conflict.subject!r} ({why}). Approve {proposal!r}?",
+                {"claims": {c.source: c.value for c in claims}}, "",
+                self.runner.now() + step.person_timeout_s)
+            if decision is None:
+                decision = await self.runner.decide_gate(
+                    f"{self.workflow_id}/{key}",
+                    GateDecision(False, "timeout", "no answer in time", self.runner.now()))
+            return proposal if decision.approved else None
+
+        try:
+            record = await resolve_conflict(conflict, config, negotiators=negotiators,
+                                            voters=voters, person=person)
+        except MeshError as exc:
+            raise StepFailed(key, str(exc)) from None
+        result = record.to_json()
+        state = DONE if record.resolved or step.on_unresolved == "continue" else FAILED
+        await self._put(StepRecord(key, step.name, "resolve", state, started=started,
+                                   finished=self.runner.now(), result=result,
+                                   error=None if state == DONE else record.why,
+                                   meta={"decided_by": record.decided_by}))
+        if state == FAILED:
+            raise StepFailed(key, f"conflict unresolved: {record.why}")
+        return result
+
+    def _task_voter(self, key: str, number: int, target: str) -> Any:
+        async def vote(question: str, options: Sequence[str]) -> Ballot:
+            answer = await self._agent_task(
+                f"{key}/voter-{number}", f"voter {number}", "resolve", target,
+                {"question": question, "options": list(options)}, max_attempts=1)
+            choice = answer.get("choice") if isinstance(answer, Mapping) else None
+            return Ballot(f"{target}#{number}", str(choice),
+                          reason=str(answer.get("reason", "")) if isinstance(answer, Mapping)
+                          else "")
+        return vote
+
     # -- helpers -------------------------------------------------------------------
 
     async def _put(self, record: StepRecord) -> None:
@@ -737,6 +868,38 @@ class WorkflowEngine:
         if not selector.startswith("$"):
             raise TemplateError(f"output {selector!r} must be a $path")
         return lookup(scope, selector[1:])
+
+
+class _TaskNegotiator:
+    """A claimant's side of a negotiation: each round a task for its agent, given
+    the conflict and everyone's latest proposals, answering ``{"value", "concede",
+    "reason"}``."""
+
+    def __init__(self, engine: WorkflowEngine, key: str, source: str, target: str) -> None:
+        self.engine, self.key, self.source, self.target = engine, key, source, target
+
+    async def counter(self, conflict: Conflict, round: int,
+                      proposals: Mapping[str, Proposal]) -> Proposal:
+        answer = await self.engine._agent_task(
+            f"{self.key}/round-{round}/{self.source}", f"round {round} {self.source}",
+            "resolve", self.target,
+            {"subject": conflict.subject, "kind": conflict.kind, "round": round,
+             "me": self.source,
+             "proposals": {source: {"value": p.value, "concede": p.concede,
+                                    "reason": p.reason} for source, p in proposals.items()}},
+            max_attempts=1)
+        if not isinstance(answer, Mapping):
+            answer = {"value": answer}
+        return Proposal(self.source, answer.get("value"), bool(answer.get("concede", False)),
+                        str(answer.get("reason", "")))
+
+
+def _claim(source: str, rendered: Any) -> Claim:
+    if isinstance(rendered, Mapping) and "value" in rendered:
+        return Claim(source, rendered["value"], rank=rendered.get("rank"),
+                     confidence=rendered.get("confidence"),
+                     updated_at=rendered.get("updated_at"), version=rendered.get("version"))
+    return Claim(source, rendered)
 
 
 @dataclass(slots=True)

@@ -26,6 +26,15 @@ A workflow is a list of steps run in order. Each step is one *pattern*:
 ``approval``
     Waits, durably, until a person answers (``agentmesh approve``); a timeout
     rejects, approves or escalates as configured.
+``vote``
+    ``voters`` choose among ``options``; a ``majority``, ``supermajority``
+    (``threshold``), ``unanimous`` or ``plurality`` rule decides, and a vote that
+    does not decide is escalated to a person through an approval gate.
+``resolve``
+    Contradictory ``claims`` (earlier outputs) about one ``subject`` are settled
+    by priority (rank, confidence or freshness), by a vote, or by a bounded
+    negotiation between the claimants' agents, falling back to a vote or a
+    person; the record says who decided what and why.
 
 Inputs are *templates* (``agents.workflow.templates``): ``"$input.topic"`` is a
 value from the workflow input, ``"$research"`` a whole earlier step's output,
@@ -66,8 +75,10 @@ __all__ = [
     "HandoffStep",
     "MagenticStep",
     "MembershipChange",
+    "ResolveStep",
     "SequentialStep",
     "Step",
+    "VoteStep",
     "WorkflowSpec",
     "load_workflow",
     "parse_workflow",
@@ -238,11 +249,60 @@ def _pattern_of(value: Any) -> str:
     return str(getattr(value, "pattern", "agent"))
 
 
+class VoteStep(_Spec):
+    """Voters choose among ``options`` (see the module docstring)."""
+
+    pattern: Literal["vote"]
+    name: Name
+    question: str = Field(min_length=1, max_length=1024)
+    options: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=2, max_length=32)
+    voters: list[Target] = Field(min_length=1, max_length=PARTICIPANTS_MAX)
+    rule: Literal["majority", "supermajority", "unanimous", "plurality"] = "majority"
+    threshold: float = Field(2 / 3, gt=0.5, le=1.0)
+    """The share a supermajority needs."""
+    escalate: bool = True
+    """An undecided vote asks a person (an approval gate for the leading option)."""
+    escalation_timeout_s: Seconds = 3600.0
+    on_undecided: Literal["fail", "continue"] = "fail"
+    input: Any = "$previous"
+    """What the voters are shown besides the question and options."""
+    timeout_s: Seconds = 120.0
+    """How long each voter has; one that does not answer counts as absent."""
+
+
+class ResolveStep(_Spec):
+    """Settle contradictory claims (see the module docstring)."""
+
+    pattern: Literal["resolve"]
+    name: Name
+    subject: str = Field(min_length=1, max_length=512)
+    kind: Literal["data", "resource"] = "data"
+    claims: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Any] = Field(
+        min_length=2, max_length=PARTICIPANTS_MAX)
+    """Claimant -> a template of its claim: a value, or an object with ``value`` and
+    optionally ``rank``, ``confidence``, ``updated_at`` and ``version``."""
+    strategy: Literal["priority", "vote", "negotiate"] = "priority"
+    priority: Literal["rank", "confidence", "freshness"] = "freshness"
+    ranks: dict[str, int] = Field(default_factory=dict)
+    negotiators: dict[str, Target] = Field(default_factory=dict)
+    """Claimant -> the agent that negotiates for it (``negotiate``)."""
+    voters: list[Target] = Field(default_factory=list, max_length=PARTICIPANTS_MAX)
+    rounds_max: int = Field(3, ge=1, le=32)
+    fallback: Literal["vote", "person"] = "person"
+    rule: Literal["majority", "supermajority", "unanimous", "plurality"] = "majority"
+    on_unresolved: Literal["fail", "continue"] = "fail"
+    timeout_s: Seconds = 120.0
+    """Bound on each agent's answer (a round's counter-proposal, a ballot)."""
+    person_timeout_s: Seconds = 3600.0
+
+
 Step = Annotated[
     Annotated[AgentStep, Tag("agent")] | Annotated[SequentialStep, Tag("sequential")]
     | Annotated[ConcurrentStep, Tag("concurrent")] | Annotated[GroupChatStep, Tag("group_chat")]
     | Annotated[HandoffStep, Tag("handoff")] | Annotated[MagenticStep, Tag("magentic")]
-    | Annotated[ApprovalStep, Tag("approval")],
+    | Annotated[ApprovalStep, Tag("approval")] | Annotated[VoteStep, Tag("vote")]
+    | Annotated[ResolveStep, Tag("resolve")],
     Discriminator(_pattern_of),
 ]
 
