@@ -22,7 +22,9 @@ can pin it to a node (``@name@<node id hex>``) and watch what other nodes see:
   done (the key ``done/<holder>``), through the mesh-wide wait-for graph, and
   marks itself done whatever happened: a wait that would close a cycle is
   refused at once and reported;
-- ``reporter`` (``coord.report``): reports a value and when it read it.
+- ``reporter`` (``coord.report``): reports a value and when it read it;
+- ``stepper`` (``coord.step``) sets a context field to 1, 2, ... and
+  ``watcher`` (``coord.watch``) follows it from another node.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from agents.events import StateChanged, TaskCompleted
 from agents.memory import Episode, new_episode_id
 from agents.shared_context import ContextPermissionError
 from agents.task_services import current
+from mesh.errors import MeshError
 
 __all__ = ["coordination_agents"]
 
@@ -196,6 +199,57 @@ class Waiter(Agent):
         return outcome
 
 
+class Watcher(Agent):
+    """Follows a context from its node: the values a field took, as it saw them."""
+
+    def __init__(self) -> None:
+        super().__init__("watcher", ["coord.watch"], concurrency_max=2)
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        scope, context_id = _text(task_input, "scope"), _text(task_input, "context")
+        name, until = _text(task_input, "field"), _count(task_input, "until")
+        seen: list[Any] = []
+        contexts = current().contexts
+
+        async def exists() -> bool:
+            try:
+                await contexts.get(context_id, scope)
+            except ContextPermissionError:
+                raise
+            except MeshError:
+                return False  # not here yet: gossip is still spreading it
+            return True
+
+        timeout_s = min(float(task_input.get("timeout_s", 30.0)), 120.0)
+        await bounded_wait(f"context {scope}/{context_id}", exists, timeout_s)
+        with anyio.move_on_after(timeout_s):
+            async for state in contexts.subscribe(context_id, scope):
+                value = state.data.get(name)
+                if value is not None and (not seen or seen[-1] != value):
+                    seen.append(value)
+                if isinstance(value, int) and value >= until:
+                    break
+        return {"seen": seen}
+
+
+class Stepper(Agent):
+    """Sets a context field to 1, 2, ... ``to``, one write after another."""
+
+    def __init__(self) -> None:
+        super().__init__("stepper", ["coord.step"], concurrency_max=2)
+
+    async def handle(self, capability: str, task_input: Mapping[str, Any]) -> dict[str, Any]:
+        scope, context_id = _text(task_input, "scope"), _text(task_input, "context")
+        name, to = _text(task_input, "field"), _count(task_input, "to")
+        contexts = current().contexts
+        if task_input.get("create") is True:
+            await contexts.create(context_id, scope, data={name: 0})
+        for value in range(1, to + 1):
+            await contexts.write(context_id, scope, {name: value})
+            await anyio.sleep(0.05)  # a pace the watcher may see every step at
+        return {"last": to}
+
+
 class Reporter(Agent):
     """Reports a value with when it was read on its node (a claim for ``resolve``)."""
 
@@ -210,4 +264,4 @@ class Reporter(Agent):
 def coordination_agents() -> list[Agent]:
     """The coordination agents, as ``--agents team`` hosts them."""
     return [ContextWriter(), Intruder(), Publisher(), Listener(), Archivist(), Voter(),
-            Waiter(), Reporter()]
+            Waiter(), Reporter(), Watcher(), Stepper()]

@@ -49,15 +49,15 @@ def node_ids(up: UpProcess) -> list[str]:
 async def run_tasks(kv: Any, tasks: list[tuple[str, dict[str, Any]]],
                     timeout_s: float = 90, max_attempts: int = 3) -> list[Any]:
     """Submit every (capability, input) at once; their results, in order."""
-    ids: list[str] = []
+    ids: list[str] = [""] * len(tasks)
 
-    async def submit(capability: str, task_input: dict[str, Any]) -> None:
-        ids.append((await submit_task(kv, capability, task_input,
-                                      max_attempts=max_attempts)).task_id)
+    async def submit(number: int, capability: str, task_input: dict[str, Any]) -> None:
+        ids[number] = (await submit_task(kv, capability, task_input,
+                                         max_attempts=max_attempts)).task_id
 
     async with anyio.create_task_group() as group:
-        for capability, task_input in tasks:
-            group.start_soon(submit, capability, task_input)
+        for number, (capability, task_input) in enumerate(tasks):
+            group.start_soon(submit, number, capability, task_input)
     results: dict[str, Any] = {}
     with anyio.fail_after(timeout_s):
         while len(results) < len(ids):
@@ -255,3 +255,29 @@ def test_a_stale_claim_loses_to_the_fresher_one(team: tuple[Path, list[str]]) ->
     settled = record.result
     assert (settled["decided_by"], settled["value"]) == ("priority", 120)
     assert "late" in settled["why"]
+
+
+@pytest.mark.parametrize("critical", [False, True], ids=["gossip", "raft"])
+def test_a_subscriber_on_another_node_sees_the_updates_in_order(
+        team: tuple[Path, list[str]], critical: bool) -> None:
+    cluster, nodes = team
+
+    async def main(kv: Any) -> Any:
+        if critical:
+            await SharedContexts(kv, None, "coordinator").create(
+                "progress", "team", data={"step": 0}, critical=True)
+        else:  # a gossip context is created on a node, by an agent there
+            await run_tasks(kv, [(f"agent:stepper@{nodes[0]}", {
+                "scope": "team", "context": "progress", "field": "step", "to": 1,
+                "create": True})], timeout_s=30)
+        return await run_tasks(kv, [
+            (f"agent:watcher@{nodes[2]}", {"scope": "team", "context": "progress",
+                                           "field": "step", "until": 10, "timeout_s": 60}),
+            (f"agent:stepper@{nodes[0]}", {"scope": "team", "context": "progress",
+                                           "field": "step", "to": 10}),
+        ], timeout_s=90)
+
+    (watched, _), (stepped, _) = anyio.run(kv_session, cluster, main)
+    assert stepped == {"last": 10}
+    seen = watched["seen"]
+    assert seen[-1] == 10 and seen == sorted(seen), seen  # in order, up to the last
