@@ -62,7 +62,9 @@ from agents.memory.scopes import (
     check_access,
     check_int,
     load_json,
+    oldest_keys,
     refused,
+    scope_records,
     validate_actor,
     validate_scope,
 )
@@ -406,28 +408,11 @@ class EpisodicMemory:
 
     async def _oldest(self, n: int) -> list[str]:
         """Keys of the ``n`` oldest episodes (fewer if the scope holds fewer)."""
-        keys: list[str] = []
-        async for item in self._scan(None, page=n):
-            keys.append(item.key)
-            if len(keys) >= n:
-                break
-        return keys
+        return await oldest_keys(self.kv, self._records, self._page, n)
 
-    async def _scan(self, start_after: str | None, page: int | None = None
-                    ) -> AsyncIterator[KVItem]:
-        """The scope's episodes oldest first, from after ``start_after``; stops at the
-        first key of a nested scope (those sort after every record, see ``scopes``)."""
-        limit = min(self._page, page) if page else self._page
-        prefix = self._records
-        while True:
-            items, more = await self.kv.list(prefix, limit=limit, start_after=start_after)
-            for item in items:
-                if not item.key[len(prefix):len(prefix) + 1].isdigit():
-                    return
-                yield item
-            if not more or not items:
-                return
-            start_after = items[-1].key
+    def _scan(self, start_after: str | None) -> AsyncIterator[KVItem]:
+        """The scope's episodes oldest first, from after ``start_after``."""
+        return scope_records(self.kv, self._records, self._page, start_after)
 
 
 def _text(item: KVItem) -> str:

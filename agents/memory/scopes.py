@@ -29,7 +29,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from consensus.kvstore import Command, Response
@@ -228,6 +228,34 @@ def check_int(name: str, value: object, low: int, high: int, *,
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise error(f"{name} ({value!r}) must be an integer from {low} to {high}")
     return value
+
+
+async def scope_records(kv: KVLike, prefix: str, limit: int,
+                        start_after: str | None = None) -> AsyncIterator[KVItem]:
+    """The records under ``prefix`` oldest first, in pages of ``limit``, from after
+    ``start_after``. Record names start with a digit and nested scopes' with a
+    letter, so the first key that does not is the end of this scope's records."""
+    while True:
+        items, more = await kv.list(prefix, limit=limit, start_after=start_after)
+        for item in items:
+            if not item.key[len(prefix):len(prefix) + 1].isdigit():
+                return
+            yield item
+        if not more or not items:
+            return
+        start_after = items[-1].key
+
+
+async def oldest_keys(kv: KVLike, prefix: str, page_limit: int, n: int) -> list[str]:
+    """Keys of the ``n`` oldest records under ``prefix`` (fewer if it holds fewer)."""
+    keys: list[str] = []
+    if n <= 0:
+        return keys
+    async for item in scope_records(kv, prefix, min(page_limit, n)):
+        keys.append(item.key)
+        if len(keys) >= n:
+            break
+    return keys
 
 
 def refused(response: Response, what: str) -> MemoryStoreError:

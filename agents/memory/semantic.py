@@ -74,7 +74,9 @@ from agents.memory.scopes import (
     check_access,
     check_int,
     load_json,
+    oldest_keys,
     refused,
+    scope_records,
     validate_actor,
     validate_scope,
 )
@@ -743,32 +745,11 @@ class SemanticMemory:
 
     async def _oldest(self, n: int) -> list[str]:
         """Keys of the ``n`` oldest facts (fewer if the scope holds fewer)."""
-        keys: list[str] = []
-        async for item in self._items(page=n):
-            keys.append(item.key)
-            if len(keys) >= n:
-                break
-        return keys
+        return await oldest_keys(self.kv, self._facts, self._page, n)
 
     async def _scan(self) -> AsyncIterator[_Stored]:
-        async for item in self._items():
+        async for item in scope_records(self.kv, self._facts, self._page):
             yield _Stored.from_json(_record(item))
-
-    async def _items(self, page: int | None = None) -> AsyncIterator[KVItem]:
-        """The scope's facts oldest first; stops at the first key of a nested scope
-        (those sort after every fact, see ``agents.memory.scopes``)."""
-        limit = min(self._page, page) if page else self._page
-        prefix = self._facts
-        start_after: str | None = None
-        while True:
-            items, more = await self.kv.list(prefix, limit=limit, start_after=start_after)
-            for item in items:
-                if not item.key[len(prefix):len(prefix) + 1].isdigit():
-                    return
-                yield item
-            if not more or not items:
-                return
-            start_after = items[-1].key
 
 
 def _record(item: KVItem) -> dict[str, Any]:
