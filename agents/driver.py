@@ -124,6 +124,7 @@ __all__ = [
     "DriverSettings",
     "decode_json",
     "encode_json",
+    "preferred_node",
     "submit_open_task",
 ]
 
@@ -259,6 +260,13 @@ def decode_json(data: bytes | None) -> Any:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return data.decode("utf-8", errors="replace")
+
+
+def preferred_node(key: str, live: set[bytes]) -> bytes:
+    """The live node that claims the ownerless ``key`` (a task, a workflow) first:
+    rendezvous hashing, so that nodes do not all race for every one."""
+    data = key.encode()
+    return max(live, key=lambda node: hashlib.blake2b(data + node, digest_size=8).digest())
 
 
 async def submit_open_task(
@@ -948,7 +956,7 @@ class ContractNetDriver:
                 since = self._unowned_since.get(record.task_id, now)
                 unowned[record.task_id] = since
                 if (now - since >= self.settings.claim_delay_s
-                        or self._preferred(record.task_id, live) == self.node.node_id):
+                        or preferred_node(record.task_id, live) == self.node.node_id):
                     work.append((record, version, owner.version if owner is not None else 0))
         self._unowned_since = unowned
         busy = False
@@ -987,13 +995,6 @@ class ContractNetDriver:
                 if not record.final:
                     found.append((record, item.version))
         return found
-
-    @staticmethod
-    def _preferred(task_id: str, live: set[bytes]) -> bytes:
-        """The live node that claims an unowned task first (rendezvous hashing), so
-        that drivers do not all race for every task."""
-        key = task_id.encode()
-        return max(live, key=lambda node: hashlib.blake2b(key + node, digest_size=8).digest())
 
     async def _claim(self, task_id: str, expect_version: int) -> bool:
         """Become the task's owner by compare-and-set on ``owner/<id>`` (absent or the

@@ -27,7 +27,6 @@ without recording anything.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -40,7 +39,7 @@ from anyio.abc import TaskGroup
 
 from agents.contract_net import ledger
 from agents.contract_net.ledger import LedgerError, TaskState, decode_record
-from agents.driver import ALIVE_PREFIX, ContractNetDriver, decode_json
+from agents.driver import ALIVE_PREFIX, ContractNetDriver, decode_json, preferred_node
 from agents.host import AGENT_CAPABILITY_PREFIX
 from agents.workflow.engine import (
     GateDecision,
@@ -200,22 +199,26 @@ class WorkflowService:
     async def _scan(self) -> None:
         self._counters["scans"] += 1
         me = self.node.node_id
-        active = await self.store.active()
+        waiting = [workflow_id for workflow_id in await self.store.active()
+                   if workflow_id not in self._running]
         orphaned: dict[str, float] = {}
+        if waiting:
+            owners = await self.store.owners(waiting)
+            live = await self._live_nodes()
         now = time.monotonic()
-        for workflow_id in active:
-            if workflow_id in self._running or len(self._running) >= self.settings.workflows_max:
-                continue
-            owner, version = await self.store.owner(workflow_id)
+        for workflow_id in waiting:
+            if len(self._running) >= self.settings.workflows_max:
+                break
+            owner, version = owners.get(workflow_id, (None, 0))
             if owner == me:
                 self._launch(workflow_id, resumed=True)
                 continue
-            if owner is not None and await self.node.kv.get(ALIVE_PREFIX + owner.hex()):
+            if owner is not None and owner in live:
                 continue
             since = self._orphaned_since.get(workflow_id, now)
             orphaned[workflow_id] = since
-            live = await self._live_nodes()
-            if now - since < self.settings.claim_delay_s and _preferred(workflow_id, live) != me:
+            if (now - since < self.settings.claim_delay_s
+                    and preferred_node(workflow_id, live | {me}) != me):
                 continue
             if await self.store.claim(workflow_id, me, version):
                 self._counters["claimed"] += 1
@@ -224,8 +227,9 @@ class WorkflowService:
         self._orphaned_since = orphaned
 
     async def _live_nodes(self) -> set[bytes]:
+        """The nodes whose ``alive/`` key (under their node lease) exists."""
         items, _ = await self.node.kv.list(ALIVE_PREFIX, limit=10_000)
-        live = {self.node.node_id}
+        live: set[bytes] = set()
         for item in items:
             try:
                 live.add(bytes.fromhex(item.key[len(ALIVE_PREFIX):]))
@@ -274,6 +278,3 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _preferred(workflow_id: str, live: set[bytes]) -> bytes:
-    key = workflow_id.encode()
-    return max(live, key=lambda node: hashlib.blake2b(key + node, digest_size=8).digest())

@@ -49,6 +49,7 @@ from agents.workflow.engine import (
 from agents.workflow.spec import WorkflowSpec, parse_workflow
 from consensus.kvstore import CompareAndSetWithWrites, ErrorCode
 from mesh.errors import MeshError
+from mesh.kv_messages import GET_MANY_KEYS_MAX
 
 __all__ = [
     "ACTIVE_PREFIX",
@@ -233,6 +234,16 @@ class WorkflowStore:
         """The orchestrating node (or None) and the owner key's version (0: absent)."""
         item = await self.kv.get(OWNER_PREFIX + workflow_id)
         return (None, 0) if item is None else (item.value, item.version)
+
+    async def owners(self, workflow_ids: list[str]) -> dict[str, tuple[bytes, int]]:
+        """The orchestrating node and owner-key version of those of ``workflow_ids``
+        that have an owner, read at once."""
+        found: dict[str, tuple[bytes, int]] = {}
+        for start in range(0, len(workflow_ids), GET_MANY_KEYS_MAX):
+            keys = [OWNER_PREFIX + w for w in workflow_ids[start:start + GET_MANY_KEYS_MAX]]
+            for item in await self.kv.get_many(keys):
+                found[item.key[len(OWNER_PREFIX):]] = (item.value, item.version)
+        return found
 
     async def claim(self, workflow_id: str, node_id: bytes, expect_version: int) -> bool:
         """Become the orchestrator by compare-and-set on the owner key."""
