@@ -56,7 +56,7 @@ from agents.workflow.service import WorkflowService
 from mesh.errors import MeshError
 from mesh.kv_client import KVClient, KVUnavailable
 
-__all__ = ["node_hook", "record_view", "register", "run_task_command"]
+__all__ = ["cluster_subcommand", "node_hook", "record_view", "register", "run_task_command"]
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +140,21 @@ def register(commands: Any) -> None:
 
 
 def _sub(group: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    return cluster_subcommand(group, name, help_text, run_task_command, _DEFAULT_TIMEOUT_S)
+
+
+def cluster_subcommand(group: Any, name: str, help_text: str,
+                       handler: Callable[[argparse.Namespace], int],
+                       timeout_s: float) -> argparse.ArgumentParser:
+    """A subcommand talking to the cluster in ``--cluster``, with ``--json`` and
+    ``--timeout`` (default ``timeout_s``), run by ``handler``."""
     parser: argparse.ArgumentParser = group.add_parser(name, help=help_text,
                                                        description=help_text + ".")
     parser.add_argument("--cluster", required=True, type=Path, help="cluster directory")
     parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT_S,
-                        help=f"seconds (default {_DEFAULT_TIMEOUT_S:g})")
-    parser.set_defaults(handler=run_task_command)
+    parser.add_argument("--timeout", type=float, default=timeout_s,
+                        help=f"seconds (default {timeout_s:g})")
+    parser.set_defaults(handler=handler)
     return parser
 
 

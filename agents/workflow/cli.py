@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 
+from agents.cli import cluster_subcommand
 from agents.workflow.client import approve, pending_approvals, wait_workflow
 from agents.workflow.spec import load_workflow
 from agents.workflow.store import WorkflowStore
@@ -77,14 +78,7 @@ def register(commands: Any) -> None:
 
 def _sub(group: Any, name: str, help_text: str, timeout: float = 30.0
          ) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = group.add_parser(name, help=help_text,
-                                                       description=help_text + ".")
-    parser.add_argument("--cluster", required=True, type=Path, help="cluster directory")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--timeout", type=float, default=timeout,
-                        help=f"seconds (default {timeout:g})")
-    parser.set_defaults(handler=_main)
-    return parser
+    return cluster_subcommand(group, name, help_text, _main, timeout)
 
 
 def _main(args: argparse.Namespace) -> int:
