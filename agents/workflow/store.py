@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agents.driver import encode_json
 from agents.workflow.engine import (
     DONE,
     GateDecision,
@@ -75,10 +76,6 @@ WORKFLOW_ID_CHARS_MAX = 64
 PENDING = "pending"
 APPROVED = "approved"
 REJECTED_GATE = "rejected"
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _load(data: bytes, what: str) -> Any:
@@ -192,7 +189,7 @@ class WorkflowStore:
         if owner is not None:
             writes.append((OWNER_PREFIX + workflow_id, owner))
         response = await self.kv.write(CompareAndSetWithWrites(
-            WORKFLOW_PREFIX + workflow_id, _json(record.to_json()), 0, None, tuple(writes)))
+            WORKFLOW_PREFIX + workflow_id, encode_json(record.to_json()), 0, None, tuple(writes)))
         if response.ok:
             return workflow_id
         if response.error is not ErrorCode.CAS_FAILED:
@@ -221,7 +218,7 @@ class WorkflowStore:
         data = record.to_json() | {"state": outcome.state, "result": outcome.result,
                                    "error": outcome.error, "finished": self._clock()}
         response = await self.kv.write(CompareAndSetWithWrites(
-            WORKFLOW_PREFIX + workflow_id, _json(data), item.version, None,
+            WORKFLOW_PREFIX + workflow_id, encode_json(data), item.version, None,
             ((ACTIVE_PREFIX + workflow_id, None), (OWNER_PREFIX + workflow_id, None))))
         return bool(response.ok)
 
@@ -276,7 +273,7 @@ class WorkflowStore:
         gate = Gate(request.gate_id, request.workflow_id, request.step, request.prompt,
                     request.shown, request.approvers, self._clock(), request.timeout_at)
         response = await self.kv.write(CompareAndSetWithWrites(
-            GATE_PREFIX + request.gate_id, _json(gate.to_json()), 0, None,
+            GATE_PREFIX + request.gate_id, encode_json(gate.to_json()), 0, None,
             ((GATE_PENDING_PREFIX + request.gate_id, b""),)))
         if response.ok:
             return gate
@@ -304,7 +301,7 @@ class WorkflowStore:
                 "state": APPROVED if decision.approved else REJECTED_GATE, "by": decision.by,
                 "comment": decision.comment, "decided": decision.at or self._clock()}
             response = await self.kv.write(CompareAndSetWithWrites(
-                GATE_PREFIX + gate_id, _json(data), item.version, None,
+                GATE_PREFIX + gate_id, encode_json(data), item.version, None,
                 ((GATE_PENDING_PREFIX + gate_id, None),)))
             if response.ok:
                 return GateDecision(decision.approved, decision.by, decision.comment,
@@ -362,7 +359,7 @@ class KVCheckpoints:
         when another orchestrator wrote it meanwhile."""
         _, version = self._records.get(record.key, (None, 0))
         response = await self._store.kv.compare_and_set(self._prefix + record.key,
-                                                        _json(record.to_json()), version)
+                                                        encode_json(record.to_json()), version)
         if response.ok:
             self._records[record.key] = (StepRecord.from_json(record.to_json()),
                                          int(response.version))
