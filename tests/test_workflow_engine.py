@@ -17,7 +17,14 @@ import pytest
 from agents.model_agent import ModelAgent
 from agents.models.offline import ScriptedModel, reply
 from agents.outcomes import Handoff, handoff_to_result
-from agents.workflow.engine import DONE, FAILED, REJECTED, GateDecision, WorkflowEngine
+from agents.workflow.engine import (
+    DONE,
+    FAILED,
+    REJECTED,
+    GateDecision,
+    GateRequest,
+    WorkflowEngine,
+)
 from agents.workflow.spec import WorkflowSpec, load_workflow, parse_workflow
 from mesh.errors import ConfigError
 from workflow_fakes import AgentFailure, FakeRunner, MemoryCheckpoints
@@ -532,3 +539,13 @@ def test_a_deadlocked_negotiation_goes_to_a_person() -> None:
     outcome = anyio.run(main)
     assert outcome.state == DONE
     assert (outcome.result["decided_by"], outcome.result["value"]) == ("person", "red")
+
+
+def test_a_resumed_gate_keeps_the_deadline_it_was_opened_with() -> None:
+    runner = FakeRunner({})
+    # The gate was opened by an earlier orchestrator whose deadline has passed.
+    runner.gates["wf1/ballot"] = GateRequest("wf1/ballot", "wf1", "ballot", "?", None, "",
+                                             timeout_at=runner.now() - 1)
+    outcome = run(vote_step(3, escalation_timeout_s=3600), runner)
+    assert outcome.state == FAILED and "no answer in time" in outcome.error
+    assert runner.decisions["wf1/ballot"].by == "timeout"

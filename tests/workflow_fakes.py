@@ -73,9 +73,10 @@ class FakeRunner:
     async def cancel_task(self, task_id: str, reason: str) -> None:
         self.cancelled.append(task_id)
 
-    async def open_gate(self, gate: GateRequest) -> None:
-        self.gates.setdefault(gate.gate_id, gate)
+    async def open_gate(self, gate: GateRequest) -> float:
+        standing = self.gates.setdefault(gate.gate_id, gate)
         self._gate_events.setdefault(gate.gate_id, anyio.Event())
+        return standing.timeout_at
 
     async def await_gate(self, gate_id: str, timeout_s: float) -> GateDecision | None:
         event = self._gate_events.setdefault(gate_id, anyio.Event())

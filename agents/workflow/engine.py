@@ -200,8 +200,9 @@ class StepRunner(Protocol):
         """Give up the task ``task_id`` (a deadline passed); no error if it ended."""
         ...
 
-    async def open_gate(self, gate: GateRequest) -> None:
-        """Record the pending gate durably (idempotent)."""
+    async def open_gate(self, gate: GateRequest) -> float:
+        """Record the pending gate durably (idempotent); the gate's ``timeout_at`` as
+        first recorded, so a resumed workflow keeps the original deadline."""
         ...
 
     async def await_gate(self, gate_id: str, timeout_s: float) -> GateDecision | None:
@@ -723,9 +724,20 @@ class WorkflowEngine:
 
     async def _gate(self, gate_id: str, key: str, prompt: str, shown: Any, approvers: str,
                     timeout_at: float) -> GateDecision | None:
-        await self.runner.open_gate(GateRequest(gate_id, self.workflow_id, key, prompt, shown,
-                                                approvers, timeout_at))
+        timeout_at = await self.runner.open_gate(GateRequest(
+            gate_id, self.workflow_id, key, prompt, shown, approvers, timeout_at))
         return await self.runner.await_gate(gate_id, max(0.0, timeout_at - self.runner.now()))
+
+    async def _ask_person(self, key: str, prompt: str, shown: Any,
+                          timeout_s: float) -> GateDecision:
+        """A gate ``WORKFLOW/KEY`` for a person to approve; unanswered, rejected."""
+        gate_id = f"{self.workflow_id}/{key}"
+        decision = await self._gate(gate_id, key, prompt, shown, "",
+                                    self.runner.now() + timeout_s)
+        if decision is None:
+            decision = await self.runner.decide_gate(gate_id, GateDecision(
+                False, "timeout", "no answer in time", self.runner.now()))
+        return decision
 
     # -- vote ----------------------------------------------------------------------
 
@@ -766,14 +778,9 @@ class WorkflowEngine:
         if not outcome.decided and step.escalate:
             leader = max(step.options, key=lambda option: (outcome.counts.get(option, 0.0),
                                                            -step.options.index(option)))
-            decision = await self._gate(
-                f"{self.workflow_id}/{key}", key,
-                f"The vote on {step.question!r} was not decided ({outcome.reason}). "
-                f"Approve {leader!r}?", result, "", self.runner.now() + (
-                    step.escalation_timeout_s))
-            if decision is None:
-                decision = await self.runner.decide_gate(f"{self.workflow_id}/{key}", GateDecision(
-                    False, "timeout", "no answer in time", self.runner.now()))
+            decision = await self._ask_person(
+                key, f"The vote on {step.question!r} was not decided ({outcome.reason}). "
+                f"Approve {leader!r}?", result, step.escalation_timeout_s)
             result |= {"escalated": True, "decided": decision.approved,
                        "choice": leader if decision.approved else None,
                        "by": f"person:{decision.by}",
@@ -812,15 +819,9 @@ class WorkflowEngine:
 
         async def person(conflict: Conflict, why: str) -> Any:
             proposal = claims[0].value
-            decision = await self._gate(
-                f"{self.workflow_id}/{key}", key,
-                f"Settle {conflict.subject!r} ({why}). Approve {proposal!r}?",
-                {"claims": {c.source: c.value for c in claims}}, "",
-                self.runner.now() + step.person_timeout_s)
-            if decision is None:
-                decision = await self.runner.decide_gate(
-                    f"{self.workflow_id}/{key}",
-                    GateDecision(False, "timeout", "no answer in time", self.runner.now()))
+            decision = await self._ask_person(
+                key, f"Settle {conflict.subject!r} ({why}). Approve {proposal!r}?",
+                {"claims": {c.source: c.value for c in claims}}, step.person_timeout_s)
             return proposal if decision.approved else None
 
         try:

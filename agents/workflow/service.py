@@ -135,8 +135,8 @@ class DriverRunner:
             if (await kv.write(step.command)).ok:
                 return
 
-    async def open_gate(self, gate: GateRequest) -> None:
-        await self.store.open_gate(gate)
+    async def open_gate(self, gate: GateRequest) -> float:
+        return (await self.store.open_gate(gate)).timeout_at
 
     async def await_gate(self, gate_id: str, timeout_s: float) -> GateDecision | None:
         with anyio.move_on_after(timeout_s):
