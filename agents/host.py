@@ -241,7 +241,8 @@ class AgentHost:
 
     def _offers(self, agent: Agent, capability: str) -> bool:
         """Whether ``agent`` takes tasks of ``capability`` (its own, or it by name)."""
-        return _offers(agent, capability) or capability == self._pinned(agent)
+        return (capability in agent.capabilities
+                or capability in (AGENT_CAPABILITY_PREFIX + agent.name, self._pinned(agent)))
 
     @property
     def load(self) -> int:
@@ -600,8 +601,3 @@ def capabilities_of(
             found.append(advert)
     found.sort(key=lambda a: (a.load_ratio, a.node_id))
     return CapabilityListing(nodes=tuple(found), malformed=malformed)
-
-
-def _offers(agent: Agent, capability: str) -> bool:
-    """Whether ``agent`` takes tasks of ``capability`` (its own, or it by name)."""
-    return capability in agent.capabilities or capability == AGENT_CAPABILITY_PREFIX + agent.name
