@@ -213,6 +213,11 @@ class AgentHost:
         if bad:
             raise ConfigError(f"{type(bad[0]).__name__} is not an Agent")
         self._settings = settings or HostSettings()
+        here = node.node_id.hex()
+        # Per agent: its capability by name, and by name on this node (bids check
+        # these for every call, so they are built once).
+        self._by_name = {name: (AGENT_CAPABILITY_PREFIX + name,
+                                f"{AGENT_CAPABILITY_PREFIX}{name}@{here}") for name in names}
         self._running = dict.fromkeys(names, 0)
         self._waiting: dict[str, int] = {}  # capability -> tasks waiting for a slot
         self._slot_freed = anyio.Event()
@@ -237,12 +242,11 @@ class AgentHost:
                       | {self._pinned(agent) for agent in self._agents})
 
     def _pinned(self, agent: Agent) -> str:
-        return f"{AGENT_CAPABILITY_PREFIX}{agent.name}@{self._node.node_id.hex()}"
+        return self._by_name[agent.name][1]
 
     def _offers(self, agent: Agent, capability: str) -> bool:
         """Whether ``agent`` takes tasks of ``capability`` (its own, or it by name)."""
-        return (capability in agent.capabilities
-                or capability in (AGENT_CAPABILITY_PREFIX + agent.name, self._pinned(agent)))
+        return capability in agent.capabilities or capability in self._by_name[agent.name]
 
     @property
     def load(self) -> int:
