@@ -39,6 +39,8 @@ BATCH_PAYLOADS = 512
 KIND_DATA = "bench.data"
 KIND_PING = "bench.ping"
 KIND_PONG = "bench.pong"
+RAW_END = b"end"
+RAW_STALL_S = 60.0  # a raw-socket measurement that stalls this long has failed
 OSBRAIN_MSGS_PER_S = 85_000  # the unsigned ZeroMQ peer, measured on this class of machine
 
 
@@ -90,16 +92,17 @@ def _raw_receiver(control: Connection) -> None:
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     control.send(port)
     count, first, last = 0, 0.0, 0.0
-    pull.RCVTIMEO = 500
+    # The sender is a freshly spawned process that may take seconds to start on a
+    # loaded machine, so the end is an explicit marker, never a quiet period.
+    pull.RCVTIMEO = int(RAW_STALL_S * 1000)
     try:
-        while True:
-            pull.recv()
+        while pull.recv() != RAW_END:
             last = time.perf_counter()
             if count == 0:
                 first = last
             count += 1
     except zmq.Again:
-        pass
+        count = 0  # the sender stalled or died: report no figure rather than a wrong one
     control.send(_rate(count, first, last))
     pull.close(0)
     context.term()
@@ -114,7 +117,8 @@ def _raw_sender(control: Connection, port: int, seconds: float) -> None:
     while time.perf_counter() < deadline:
         for _ in range(1000):
             push.send(message)
-    push.close(linger=-1)
+    push.send(RAW_END)
+    push.close(linger=int(RAW_STALL_S * 1000))
     context.term()
     control.send("done")
 
@@ -243,6 +247,8 @@ def _spawn(context: Any, target: Any, *args: Any) -> tuple[Any, Connection]:
     parent, child = context.Pipe()
     process = context.Process(target=target, args=(child, *args), daemon=True)
     process.start()
+    # Only the child holds this end now: if it dies, recv raises EOFError, not a hang.
+    child.close()
     return process, parent
 
 
