@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from random import Random
 
 import hypothesis
@@ -730,6 +730,7 @@ def test_restart_from_storage_with_a_snapshot() -> None:
     for k in range(40):
         net.propose(b"a%d" % k)
     net.settle()
+    net.tick(1)  # followers learn the commit index from the heartbeat
     net.snapshot(follower, keep=3)
     for k in range(10):
         net.propose(b"b%d" % k)
@@ -1090,6 +1091,60 @@ def test_read_index_waits_for_a_heartbeat_round_and_covers_prior_commits() -> No
     assert [(r.request_id, r.index >= acknowledged) for r in net.reads[follower]] == [(b"r2", True)]
 
 
+def _followers(net: Net, leader: RaftNode) -> list[RaftNode]:
+    return [net.nodes[i] for i in net.ids if i != leader.node_id]
+
+
+def test_a_new_commit_index_rides_on_the_next_heartbeat_by_default() -> None:
+    net = Net(3, seed=31)
+    leader = net.wait_leader()
+    net.settle()
+    net.tick(1)
+    appends_before = net.sent[APPEND]
+    leader.propose(b"one")
+    net.settle()
+    assert leader.commit_index == leader.last_index
+    # One append per follower, carrying the entry; none carrying the commit alone.
+    assert net.sent[APPEND] - appends_before == 2
+    assert all(f.commit_index < leader.commit_index for f in _followers(net, leader))
+    net.tick(1)
+    assert all(f.commit_index == leader.commit_index for f in _followers(net, leader))
+    assert assert_converged(net)[-1] == b"one"
+
+
+def test_announce_commit_at_once_sends_the_commit_in_an_append_of_its_own() -> None:
+    net = Net(3, seed=31, settings=replace(SETTINGS, announce_commit_at_once=True))
+    leader = net.wait_leader()
+    net.settle()
+    appends_before = net.sent[APPEND]
+    leader.propose(b"one")
+    net.settle()
+    assert net.sent[APPEND] - appends_before == 4
+    assert all(f.commit_index == leader.commit_index for f in _followers(net, leader))
+    assert assert_converged(net)[-1] == b"one"
+
+
+def test_a_follower_serving_a_read_learns_the_commit_index_at_once() -> None:
+    # A read round's heartbeats carry the commit index; a lease read has no round,
+    # so the leader must send it along with the answer.
+    net = Net(3, seed=32, settings=replace(SETTINGS, lease_read=True))
+    leader = net.wait_leader()
+    net.settle()
+    net.tick(3)  # heartbeat echoes from a quorum: the lease holds
+    leader.propose(b"written before the read")
+    net.settle()
+    follower = _followers(net, leader)[0]
+    assert follower.commit_index < leader.commit_index
+    follower.read_index(b"r")
+    heartbeats_before = net.sent[HEARTBEAT]
+    net.settle()  # no tick: no heartbeat of the timer's
+    assert net.sent[HEARTBEAT] == heartbeats_before  # served from the lease
+    [read] = net.reads[follower.node_id]
+    assert read.index == leader.commit_index
+    assert follower.applied_index >= read.index
+    assert net.machines[follower.node_id].applied[-1][2] == b"written before the read"
+
+
 def test_reads_in_one_burst_share_one_heartbeat_round() -> None:
     net = Net(3, seed=16)
     leader = net.wait_leader()
@@ -1324,6 +1379,7 @@ def test_odd_input_is_counted_never_raised() -> None:
     net = Net(3, seed=28)
     leader = net.wait_leader()
     net.settle()
+    net.tick(1)  # the heartbeat tells the followers the no-op's commit
     follower = net.nodes[next(i for i in net.ids if i != leader.node_id)]
     stranger = b"stranger........"
     term = leader.term

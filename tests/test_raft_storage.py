@@ -564,6 +564,7 @@ def test_a_three_node_cluster_on_files_replicates_and_restarts(tmp_path: Path) -
             if k % 10 == 9:
                 net.settle()
         net.settle()
+        net.tick(1)  # followers learn the last commit index from the heartbeat
         assert len(assert_converged(net)) == 1000
         synced = snapshot_of_state(net.files[follower])
         assert synced[0][0].commit >= 1000 and synced[3] >= 1001  # the leader's no-op too
@@ -593,6 +594,7 @@ def test_a_restarted_node_catches_up_from_a_snapshot_and_keeps_it(tmp_path: Path
         for k in range(200):
             net.propose(b"b%03d" % k)
         net.settle()
+        net.tick(1)  # the live follower learns the last commit index from the heartbeat
         for node_id in net.ids:
             if node_id != follower:
                 net.snapshot(node_id, keep=5)

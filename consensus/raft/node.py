@@ -860,7 +860,9 @@ class RaftNode:
     def _replicate_to(self, peer: bytes, progress: Progress) -> None:
         if progress.state is ProgressState.SNAPSHOT:
             return
-        commit_news = progress.sent_commit < self._log.committed
+        commit_news = (
+            self._settings.announce_commit_at_once and progress.sent_commit < self._log.committed
+        )
         last = self._log.last_index()
         while not progress.paused and (progress.next <= last or commit_news):
             if not self._send_append(peer, progress, send_if_empty=commit_news):
@@ -1016,6 +1018,16 @@ class RaftNode:
         else:
             resp = ReadIndexResp(term=self._term, request_id=request_id, index=index)
             self._send(origin, READ_INDEX_RESP, resp)
+            progress = self._progress.get(origin)
+            if (
+                progress is not None
+                and progress.sent_commit < index
+                and progress.state is not ProgressState.SNAPSHOT
+                and not progress.paused
+            ):
+                # The reader applies up to ``index`` before answering: tell it the
+                # commit now rather than at the next heartbeat.
+                self._send_append(origin, progress, send_if_empty=True)
 
     def _conf_change_allowed(self, change: ConfChange) -> bool:
         node, voters, learners = change.node_id, self._conf.voters, self._conf.learners
