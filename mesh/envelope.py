@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from pydantic import BaseModel, ValidationError
 
 from consensus.hlc import HybridClock, wall_ms_of
@@ -106,11 +105,7 @@ class _Authenticating:
 
 
 def _signature_valid(item: _Authenticating) -> bool:
-    try:
-        item.trusted.verifying_key.verify(item.signature, item.signed)
-    except InvalidSignature:
-        return False
-    return True
+    return item.trusted.signature_valid(item.signature, item.signed)
 
 
 ParallelMap = Callable[[Callable[[_Authenticating], bool], list[_Authenticating]], list[bool]]

@@ -25,7 +25,7 @@ from mesh.envelope import (
 from mesh.errors import CodecError
 from mesh.identity import Certificate, ClusterAuthority, Identity
 from mesh.parallel import SplitMap
-from mesh.trust import TrustStore
+from mesh.trust import SODIUM_VERIFY_BYTES_MAX, TrustStore
 
 KIND = "test.note"
 NOW_MS = 1_800_000_000_000
@@ -246,6 +246,24 @@ def test_a_signature_by_another_key_fails() -> None:
     frame = sealer().seal(KIND, [Note(text="a")], wall_ms=NOW_MS, attach_certificate=True)[1]
     forged = resign(fields_of(frame), identity=Identity.generate())
     assert reason_of(open_frame(opener(), forged)) is Rejection.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize(
+    "size", [0, 300, SODIUM_VERIFY_BYTES_MAX, SODIUM_VERIFY_BYTES_MAX + 1, 200_000]
+)
+def test_both_verifiers_accept_exactly_the_senders_signatures(size: int) -> None:
+    # Small data is checked by libsodium, large by OpenSSL: both must agree.
+    store = TrustStore(AUTHORITY.public_key, capacity=4)
+    trusted = store.add(certify(SENDER), NOW_MS / 1000)
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    signature = SENDER.sign(data)
+    assert trusted.signature_valid(signature, data)
+    assert not trusted.signature_valid(Identity.generate().sign(data), data)
+    assert not trusted.signature_valid(signature, data + b"!")
+    flipped = bytes([signature[0] ^ 1]) + signature[1:]
+    assert not trusted.signature_valid(flipped, data)
+    assert not trusted.signature_valid(signature[:63], data)
+    assert not trusted.signature_valid(signature + b"\0", data)
 
 
 def test_a_replayed_envelope_is_refused_once_seen() -> None:
