@@ -14,8 +14,9 @@ task, mirroring ``sim.scenarios.auction.AuctionHost`` (read that module's
 docstring for the scheme):
 
 - ``submit(capability, input)`` (also served to clients as ``cnet.submit``, see
-  ``agents.submission``) writes ``owner/<id>`` (this node, compare-and-set on an
-  absent key) and the open record (``ledger.create``) at once, then calls for
+  ``agents.submission``) writes the open record (``ledger.create``) and, in the
+  same write, ``owner/<id>`` (this node); a task recorded before (a retry) is
+  claimed by compare-and-set on an absent owner key instead. Then it calls for
   proposals from the nodes whose gossip advert (``agents/<node>``) offers the
   capability and that membership holds live (this node included: messages to
   itself stay in memory);
@@ -637,38 +638,35 @@ class ContractNetDriver:
         """
         task_id = task_id or uuid.uuid4().hex
         step = ledger.create(task_id, capability, encode_json(dict(task_input)),
-                             max_attempts=max_attempts or self.settings.max_attempts)
+                             max_attempts=max_attempts or self.settings.max_attempts,
+                             owner=self.node.node_id)
         kv = self.node.kv
-        owned = created = None
         with anyio.fail_after(timeout_s or self.settings.kv_timeout_s):
-
-            async def own() -> None:
-                nonlocal owned
-                owned = await kv.compare_and_set(OWNER_PREFIX + task_id, self.node.node_id, 0)
-
-            async def create() -> None:
-                nonlocal created
-                created = await kv.write(step.command)
-
-            # Two independent writes: a task without its owner key is claimed by a
-            # scan, an owner key without its task is never read.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(own)
-                tg.start_soon(create)
-            assert owned is not None and created is not None
-            if not owned.ok:
-                holder = await kv.get(OWNER_PREFIX + task_id)
-                owns = holder is not None and holder.value == self.node.node_id
-            else:
-                owns = True
+            if self._alive_lease is None:
+                # Other nodes' scans take over tasks whose owner has no alive/ key:
+                # a node that has only just started must write its own first.
+                await self._keep_alive()
+            # One write records the task and makes this node its owner.
+            created = await kv.write(step.command)
             if created.ok:
-                record, version = step.record, created.version
+                record, version, owns = step.record, created.version, True
             else:
+                # Recorded before: a client's retry, here or through another node,
+                # or a task written straight to the ledger. Own it if nobody does.
                 existing = await kv.get(ledger.task_key(task_id))
                 found = decode_record(existing.value) if existing is not None else None
                 if found is None or not _same_task(found, step.record):
                     raise LedgerError(f"task id {task_id} is used for another task")
                 record, version = found, existing.version
+                owned = None if record.final else await kv.compare_and_set(
+                    OWNER_PREFIX + task_id, self.node.node_id, 0)
+                if owned is None:
+                    owns = False  # finished: nothing left to manage, no owner key to leave
+                elif owned.ok:
+                    owns = True
+                else:
+                    holder = await kv.get(OWNER_PREFIX + task_id)
+                    owns = holder is not None and holder.value == self.node.node_id
         self._counters["submitted"] += 1
         if owns and record.state is TaskState.OPEN and self.manager.epoch(task_id) is None:
             self._auction(record, version)

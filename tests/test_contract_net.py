@@ -354,6 +354,20 @@ def test_create_expects_the_key_absent() -> None:
         ledger.create("", "summarize", b"")
 
 
+def test_create_with_an_owner_claims_the_task_in_the_same_write() -> None:
+    kv = Ledger()
+    assert kv.apply(ledger.create("t1", "summarize", b"text", owner=A)).ok
+    owner = kv.store.get(ledger.OWNER_PREFIX + "t1")
+    assert owner is not None and owner.value == A
+    # A second create (a retry through another node) changes nothing, owner included.
+    again = kv.apply(ledger.create("t1", "summarize", b"text", owner=B))
+    assert not again.ok
+    owner = kv.store.get(ledger.OWNER_PREFIX + "t1")
+    assert owner is not None and owner.value == A
+    with pytest.raises(LedgerError, match="owner"):
+        ledger.create("t2", "summarize", b"", owner=b"")
+
+
 def test_award_only_from_open_at_that_epoch() -> None:
     kv, first, version = created()
     step = must(ledger.award(first, version, epoch=1, contractor=A, lease_id=9))

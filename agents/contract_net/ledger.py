@@ -358,14 +358,27 @@ class Transition:
     record: TaskRecord
 
 
-def create(task_id: str, capability: str, input: bytes, *, max_attempts: int = 3) -> Transition:
+def create(
+    task_id: str, capability: str, input: bytes, *, max_attempts: int = 3,
+    owner: bytes | None = None,
+) -> Transition:
     """A new task, open at epoch 1; the CAS expects the key absent (version 0).
 
+    With ``owner`` the same write also sets ``owner/<task_id>`` to that node: the
+    manager that records a task claims it without a second write.
     Raises ``LedgerError`` for malformed arguments (this is a local request, not a
     peer's message).
     """
     record = TaskRecord(task_id, capability, input, max_attempts=max_attempts)
-    return _write(record, 0)
+    if owner is not None and (type(owner) is not bytes or not owner):
+        raise LedgerError(f"owner must be a node id (bytes), got {_show(owner)}")
+    transition = _write(record, 0)
+    if owner is None:
+        return transition
+    command = transition.command
+    assert isinstance(command, CompareAndSetWithWrites)
+    claimed = replace(command, writes=(*command.writes, (OWNER_PREFIX + task_id, owner)))
+    return Transition(claimed, record)
 
 
 def award(

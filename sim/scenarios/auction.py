@@ -429,8 +429,8 @@ class AuctionHost:
         """Record a new task (owned here) and auction it. False if the ledger is out of reach."""
         if not self.ledger.reachable(self.index):
             return False
-        self.ledger.apply(self.index, Put(OWNER_PREFIX + task_id, self.node_id))
-        step = ledger.create(task_id, capability, data, max_attempts=self.settings.max_attempts)
+        step = ledger.create(task_id, capability, data, max_attempts=self.settings.max_attempts,
+                             owner=self.node_id)
         if not self.ledger.transition(self.index, step):
             return False
         read = self.ledger.read(task_id)
