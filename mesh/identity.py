@@ -27,12 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from nacl.bindings import crypto_sign, crypto_sign_seed_keypair
 
 from mesh.codec import pack
 from mesh.errors import CertificateError, IdentityError, KeyPermissionError
 
 __all__ = [
     "NODE_ID_BYTES",
+    "SODIUM_SIGN_BYTES_MAX",
     "Certificate",
     "ClusterAuthority",
     "Identity",
@@ -47,6 +49,11 @@ __all__ = [
 ]
 
 NODE_ID_BYTES = 16
+SODIUM_SIGN_BYTES_MAX = 8 * 1024
+"""Data up to this size is signed with libsodium (PyNaCl), about a third faster
+than OpenSSL (cryptography) for small messages; larger data is signed with
+OpenSSL, which does not copy it first."""
+_SIGNATURE_BYTES = 64
 _CERT_DOMAIN = "agentmesh-cert/1"
 _ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 
@@ -76,6 +83,8 @@ class Identity:
     private_key: Ed25519PrivateKey = field(repr=False)
     public_key: bytes
     node_id: bytes
+    sodium_secret_key: bytes = field(repr=False, default=b"")
+    """The same key in libsodium's form (seed and public key), for ``sign``."""
 
     @classmethod
     def generate(cls) -> Identity:
@@ -88,7 +97,9 @@ class Identity:
         public = private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        return cls(private_key=private_key, public_key=public, node_id=node_id_of(public))
+        _, sodium_secret_key = crypto_sign_seed_keypair(private_key.private_bytes_raw())
+        return cls(private_key=private_key, public_key=public, node_id=node_id_of(public),
+                   sodium_secret_key=sodium_secret_key)
 
     @property
     def node_id_hex(self) -> str:
@@ -96,7 +107,13 @@ class Identity:
         return self.node_id.hex()
 
     def sign(self, data: bytes) -> bytes:
-        """Ed25519 signature (64 bytes) over ``data``."""
+        """Ed25519 signature (64 bytes) over ``data``.
+
+        Ed25519 signatures are deterministic, so either library gives the same
+        bytes: libsodium is the faster for small data, OpenSSL for large.
+        """
+        if len(data) <= SODIUM_SIGN_BYTES_MAX and self.sodium_secret_key:
+            return crypto_sign(data, self.sodium_secret_key)[:_SIGNATURE_BYTES]
         return self.private_key.sign(data)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from mesh.errors import CertificateError, IdentityError, KeyPermissionError
 from mesh.identity import (
+    SODIUM_SIGN_BYTES_MAX,
     Certificate,
     ClusterAuthority,
     Identity,
@@ -138,3 +139,16 @@ def test_trust_store_drops_a_sender_whose_certificate_expired() -> None:
     with pytest.raises(CertificateError, match="expired"):
         store.resolve(certificate.node_id, None, NOW + 11)
     assert store.get(certificate.node_id) is None
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 300, SODIUM_SIGN_BYTES_MAX, SODIUM_SIGN_BYTES_MAX + 1, 100_000]
+)
+def test_signatures_are_the_same_whichever_library_makes_them(size: int) -> None:
+    # Small data is signed by libsodium, large by OpenSSL; Ed25519 is deterministic,
+    # so both must give OpenSSL's bytes, and they verify under the public key.
+    identity = Identity.generate()
+    data = bytes(range(256)) * (size // 256) + b"y" * (size % 256)
+    signature = identity.sign(data)
+    assert signature == identity.private_key.sign(data)
+    identity.private_key.public_key().verify(signature, data)
