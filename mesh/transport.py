@@ -6,9 +6,19 @@ sends to (ZeroMQ reconnects it on its own, with back-off). Replies to a request
 go back on the ROUTER to the connection the request came from, so a client that
 listens nowhere (the CLI) can still be answered.
 
-Receiving follows the measured fast path: one ``await poll()`` per wake-up, then
-the socket is drained without blocking, up to ``receive_batch_frames_max`` frames,
-and the batch is handed over at once. Awaiting each message costs 15x more.
+Receiving follows the measured fast path: the event loop watches each socket's
+ZeroMQ descriptor (``add_reader``), and on every wake-up the socket is drained
+without blocking, up to ``receive_batch_frames_max`` frames, and the batch is
+handed over at once. Awaiting each message costs 15x more, and pyzmq's asyncio
+``poll`` (a future, a timer and a reader registered anew on every wake-up) about
+50 us a hop more than the bare callback.
+
+ZeroMQ's descriptor is edge-like: it signals when the socket has commands to
+process, and reading ``EVENTS`` processes them. So a drain reads ``EVENTS``
+before it stops, and every send re-reads it too: a send can process commands
+that make frames readable without a new signal (a reader would then sleep until
+unrelated traffic arrived). The same descriptor signals room to send again,
+which wakes an awaited ``send`` waiting on a full queue.
 
 Sends never block the node: a full queue (ZeroMQ's high-water mark) makes an
 awaited send wait up to ``send_timeout_ms``, then the frame is dropped and
@@ -19,6 +29,7 @@ layer rejects as malformed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -26,8 +37,7 @@ from dataclasses import dataclass, field
 
 import anyio
 import zmq
-import zmq.asyncio
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 
 from mesh.config import TransportConfig
 from mesh.errors import TransportError
@@ -77,16 +87,32 @@ class TransportCounters:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
+class _Reader:
+    """One socket the event loop watches: the listener, or a DEALER to one peer."""
+
+    socket: zmq.Socket[bytes]
+    address: str | None  # the peer's address for a DEALER, None for the listener
+    fd: int
+    watched: bool = False  # registered with the event loop
+    drain_queued: bool = False  # a drain is scheduled with call_soon
+    room: anyio.Event | None = None  # set when the socket can take frames again
+    closed: bool = False
+
+
+@dataclass(slots=True, eq=False)
 class _Connection:
     address: str
-    socket: zmq.asyncio.Socket
-    sync: zmq.Socket[bytes]
-    reader: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    reading: bool = False
+    reader: _Reader = field(repr=False)
+
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        return self.reader.socket
 
 
 FrameHandler = Callable[[list[InboundFrame]], None]
+
+_UNWATCHED_RETRY_S = 0.005
 
 
 class Transport:
@@ -96,11 +122,12 @@ class Transport:
         self.config = config
         self.counters = TransportCounters()
         self._on_frames = on_frames
-        self._context = zmq.asyncio.Context()
-        self._listener: zmq.asyncio.Socket | None = None
-        self._listener_sync: zmq.Socket[bytes] | None = None
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._listener: _Reader | None = None
         self._connections: OrderedDict[str, _Connection] = OrderedDict()
-        self._task_group: TaskGroup | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failure: BaseException | None = None
+        self._failed: anyio.Event | None = None
         self._closed = False
         self.bound_address: str | None = None
 
@@ -117,27 +144,31 @@ class Transport:
             socket.close(linger=0)
             raise TransportError(f"cannot bind {address}: {exc}") from exc
         endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._listener = socket
-        self._listener_sync = zmq.Socket.shadow(socket.underlying)
+        self._listener = _Reader(socket, None, _descriptor(socket))
         self.bound_address = endpoint
         return endpoint
 
     async def serve(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run the receive loops until cancelled; closes every socket on the way out."""
+        """Receive until cancelled; closes every socket on the way out.
+
+        An error raised while handling received frames ends ``serve`` with it.
+        """
+        self._loop = asyncio.get_running_loop()
+        failed = self._failed = anyio.Event()
         try:
-            async with anyio.create_task_group() as tg:
-                self._task_group = tg
-                if self._listener is not None:
-                    tg.start_soon(self._read_loop, self._listener, None)
-                for connection in self._connections.values():
-                    tg.start_soon(self._read_connection, connection)
-                task_status.started()
-                await anyio.sleep_forever()
+            if self._listener is not None:
+                self._watch(self._listener)
+            for connection in self._connections.values():
+                self._watch(connection.reader)
+            task_status.started()
+            await failed.wait()
+            assert self._failure is not None
+            raise self._failure
         finally:
-            self._task_group = None
             self.close()
+            self._loop = None
 
     def close(self) -> None:
         """Close every socket (pending outbound frames are discarded).
@@ -148,6 +179,14 @@ class Transport:
         if self._closed:
             return
         self._closed = True
+        readers = [c.reader for c in self._connections.values()]
+        if self._listener is not None:
+            readers.append(self._listener)
+        for reader in readers:
+            self._unwatch(reader)
+            reader.closed = True
+            if reader.room is not None:
+                reader.room.set()
         self._connections.clear()
         self._context.destroy(linger=0)
 
@@ -170,12 +209,18 @@ class Transport:
             return False
         if self._try_send(connection, frame):
             return True
-        timeout_ms = self.config.send_timeout_ms
-        with anyio.move_on_after(timeout_ms / 1000):
-            while not self._closed and connection.address in self._connections:
-                if await _poll(connection.socket, zmq.POLLOUT, timeout_ms):
-                    if self._try_send(connection, frame):
-                        return True
+        reader = connection.reader
+        with anyio.move_on_after(self.config.send_timeout_ms / 1000):
+            while not reader.closed:
+                room = reader.room = reader.room or anyio.Event()
+                if self._try_send(connection, frame):
+                    return True
+                if not reader.watched:
+                    await anyio.sleep(_UNWATCHED_RETRY_S)  # serve not running: no wake-ups
+                    continue
+                await room.wait()
+                if reader.room is room:
+                    reader.room = None
         self.counters.dropped_queue_full += 1
         return False
 
@@ -184,13 +229,14 @@ class Transport:
         if route.identity is None:
             assert route.address is not None, route
             return self.send_nowait(route.address, frame)
-        if self._listener_sync is None or self._closed:
+        listener = self._listener
+        if listener is None or self._closed:
             self.counters.dropped_closed += 1
             return False
         parts = [route.identity, b"", frame] if route.delimiter else [route.identity, frame]
         try:
-            self._listener_sync.send_multipart(parts, zmq.NOBLOCK)
-            _recheck_readable(self._listener)
+            listener.socket.send_multipart(parts, zmq.NOBLOCK)
+            self._recheck(listener)
         except zmq.Again:
             self.counters.dropped_queue_full += 1
             return False
@@ -214,7 +260,7 @@ class Transport:
 
     # -- internals -------------------------------------------------------------
 
-    def _configure(self, socket: zmq.asyncio.Socket) -> None:
+    def _configure(self, socket: zmq.Socket[bytes]) -> None:
         cfg = self.config
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, cfg.send_queue_messages_max)
@@ -245,11 +291,11 @@ class Transport:
             self.counters.dropped_unroutable += 1
             log.warning("cannot connect to %s: %s", address, exc)
             return None
-        connection = _Connection(address, socket, zmq.Socket.shadow(socket.underlying))
+        connection = _Connection(address, _Reader(socket, address, _descriptor(socket)))
         self._connections[address] = connection
         self.counters.connections_opened += 1
-        if self._task_group is not None:
-            self._task_group.start_soon(self._read_connection, connection)
+        if self._loop is not None:
+            self._watch(connection.reader)
         return connection
 
     def _try_send(self, connection: _Connection, frame: bytes) -> bool:
@@ -257,73 +303,106 @@ class Transport:
             # Always copied: a zero-copy send hands the buffer's release to pyzmq's
             # garbage thread, whose grabs of the GIL stall the event loop far longer
             # than copying even a megabyte does when the cores are busy.
-            connection.sync.send(frame, zmq.NOBLOCK, copy=True)
+            connection.socket.send(frame, zmq.NOBLOCK, copy=True)
         except zmq.Again:
             return False
-        _recheck_readable(connection.socket)
+        self._recheck(connection.reader)
         self.counters.frames_sent += 1
         return True
 
     def _retire(self, connection: _Connection) -> None:
-        # A socket being polled is closed by its own reader task as it unwinds,
-        # never from under a pending poll.
-        if connection.reading:
-            connection.reader.cancel()
-        else:
-            connection.socket.close(linger=0)
+        reader = connection.reader
+        self._unwatch(reader)
+        reader.closed = True
+        if reader.room is not None:
+            reader.room.set()
+        reader.socket.close(linger=0)
 
-    async def _read_connection(self, connection: _Connection) -> None:
-        if self._connections.get(connection.address) is not connection:
-            return  # retired before its reader started; _retire closed it
-        connection.reading = True
-        try:
-            with connection.reader:
-                await self._read_loop(connection.socket, connection.address)
-        finally:
-            connection.reading = False
-            if self._connections.get(connection.address) is not connection:
-                connection.socket.close(linger=0)
+    # -- receiving ---------------------------------------------------------------
 
-    async def _read_loop(self, socket: zmq.asyncio.Socket, address: str | None) -> None:
-        sync: zmq.Socket[bytes] = zmq.Socket.shadow(socket.underlying)
-        batch_max = self.config.receive_batch_frames_max
-        while True:
+    def _watch(self, reader: _Reader) -> None:
+        assert self._loop is not None
+        if reader.watched or reader.closed:
+            return
+        self._loop.add_reader(reader.fd, self._drain, reader)
+        reader.watched = True
+        self._queue_drain(reader)  # frames may have arrived before we watched
+
+    def _unwatch(self, reader: _Reader) -> None:
+        if reader.watched and self._loop is not None:
+            self._loop.remove_reader(reader.fd)
+        reader.watched = False
+
+    def _queue_drain(self, reader: _Reader) -> None:
+        if not reader.drain_queued and self._loop is not None:
+            reader.drain_queued = True
+            self._loop.call_soon(self._drain_queued, reader)
+
+    def _drain_queued(self, reader: _Reader) -> None:
+        reader.drain_queued = False
+        self._drain(reader)
+
+    def _recheck(self, reader: _Reader) -> None:
+        """After a send: drain soon if the send made frames readable (no new signal
+        will say so; see the module doc)."""
+        if reader.watched and not reader.closed:
             try:
-                await _poll(socket, zmq.POLLIN)
+                if _events(reader.socket) & zmq.POLLIN:
+                    self._queue_drain(reader)
             except zmq.ZMQError:
-                return  # socket closed under us during shutdown or eviction
-            batch: list[InboundFrame] = []
-            while len(batch) < batch_max:
-                try:
-                    parts = sync.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
+                pass
+
+    def _drain(self, reader: _Reader) -> None:
+        """Called by the event loop when the socket's descriptor signals: take up to
+        ``receive_batch_frames_max`` frames and hand them over; wake a waiting send
+        if there is room again."""
+        if reader.closed or not reader.watched:
+            return
+        try:
+            self._drain_once(reader)
+        except Exception as exc:  # a bug in a frame handler: end serve with it
+            if self._failure is None and self._failed is not None:
+                self._failure = exc
+                self._failed.set()
+
+    def _drain_once(self, reader: _Reader) -> None:
+        socket = reader.socket
+        batch_max = self.config.receive_batch_frames_max
+        batch: list[InboundFrame] = []
+        more = False  # frames left behind: drain again on the next loop turn
+        try:
+            events = _events(socket)
+            while events & zmq.POLLIN:
+                if len(batch) == batch_max:
+                    more = True
                     break
-                except zmq.ZMQError:
-                    return
-                batch.append(_inbound(parts, address))
-            if batch:
-                self.counters.frames_received += len(batch)
-                self._on_frames(batch)
-            if len(batch) == batch_max:
-                await anyio.sleep(0)  # let timers run between full batches
+                try:
+                    parts = socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    events = _events(socket)
+                    more = bool(events & zmq.POLLIN)  # never seen; but never lose a wake-up
+                    break
+                batch.append(_inbound(parts, reader.address))
+                events = _events(socket)
+        except zmq.ZMQError:
+            return  # closed under us during shutdown or eviction
+        if events & zmq.POLLOUT and reader.room is not None:
+            reader.room.set()
+        if batch:
+            self.counters.frames_received += len(batch)
+            self._on_frames(batch)
+        if more:
+            self._queue_drain(reader)  # let other callbacks run first
 
 
-def _recheck_readable(socket: zmq.asyncio.Socket | None) -> None:
-    """Wake a pending poll of ``socket`` if a send just made it readable.
-
-    ZeroMQ signals readiness on an edge-triggered descriptor, and a send processes
-    the socket's pending commands, which can make messages readable without a new
-    edge: a reader waiting in ``poll`` would then sleep until unrelated traffic
-    arrived, seconds later under load. pyzmq's asyncio socket re-checks its
-    events whenever ``EVENTS`` is read through it, and schedules the pending poll.
-    """
-    if socket is not None:
-        socket.get(zmq.EVENTS)
+def _descriptor(socket: zmq.Socket[bytes]) -> int:
+    """The descriptor the event loop watches for the socket (see the module doc)."""
+    return int(socket.getsockopt(zmq.FD))
 
 
-async def _poll(socket: zmq.asyncio.Socket, flags: int, timeout_ms: int | None = None) -> int:
-    # pyzmq's stubs give the asyncio socket the poller's poll signature.
-    return await socket.poll(timeout_ms, flags)  # type: ignore[call-arg,return-value]
+def _events(socket: zmq.Socket[bytes]) -> int:
+    """Read ``EVENTS``: which also processes the socket's commands (see the module doc)."""
+    return int(socket.get(zmq.EVENTS))
 
 
 def _inbound(parts: list[bytes], address: str | None) -> InboundFrame:
