@@ -3,8 +3,11 @@
 How this works. ``RaftService`` owns one ``RaftNode`` (the pure core), its
 ``FileStorage`` in ``<node dir>/raft`` and the ``KVStore`` it replicates. The
 node delivers ``raft.*`` messages to ``step`` and ticks it like any core; the
-core's output is carried out by ``run``, one ``Ready`` at a time, in the order
-the core requires:
+core's output is carried out one ``Ready`` at a time, in the order the core
+requires: at once when the node flushes the core after a batch of messages or a
+tick (with the fsync on the event loop there is nothing to wait for, and waking
+another task would cost a loop turn per Raft step), and by ``run`` for any
+Ready that leaves, or with ``fsync_on_thread``:
 
 1. write the Ready's snapshot, entries and hard state to the log (buffered);
 2. the fsync (on the event loop, or with ``fsync_on_thread`` on a worker
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
@@ -119,6 +122,8 @@ class RaftService:
                         recovery.truncated_at, recovery.tail_problem)
         self._applied = snapshot.index
         self._wake = anyio.Event()
+        self._running = False  # run() is carrying out Readies (the storage is open)
+        self._handling = False  # a Ready is being carried out from the node's flush
         self._writes: dict[int, _Waiting] = {}  # by proposed log index
         self._proposed: dict[tuple[str, int], int] = {}  # (client id, seq) -> its index
         self._reads: dict[bytes, _Waiting] = {}  # by read request id
@@ -161,7 +166,9 @@ class RaftService:
         self._wake.set()
 
     def take_outbox(self) -> list[Outgoing]:
-        """Nothing: ``run`` sends each Ready's messages when their turn comes."""
+        """Nothing to hand over: each Ready's messages are sent when their turn comes
+        in carrying it out, here at once or by ``run``."""
+        self._handle_now()
         self._wake.set()
         return []
 
@@ -263,6 +270,7 @@ class RaftService:
 
     async def run(self) -> None:
         """Carry out the core's Readies until cancelled (see the module doc)."""
+        self._running = True
         try:
             while True:
                 await self._wake.wait()
@@ -273,9 +281,39 @@ class RaftService:
                     # on the loop nothing else in a Ready yields.
                     await anyio.lowlevel.checkpoint()
         finally:
+            self._running = False
             self.storage.close()
 
+    def _handle_now(self) -> None:
+        """Carry out one Ready at once, from the node's flush, when the fsync runs on
+        the event loop anyway: waking ``run`` for it would cost a loop turn per
+        Raft step. ``run`` carries out any Ready this leaves."""
+        if self._running and not self._handling and not self._config.fsync_on_thread:
+            if self.raft.has_ready():
+                self._handling = True
+                try:
+                    self._carry_out(self.raft.ready(), self.storage.make_durable)
+                finally:
+                    self._handling = False
+
     async def _handle(self, ready: Ready) -> None:
+        if not self._config.fsync_on_thread:
+            self._carry_out(ready, self.storage.make_durable)
+            return
+        late, must_sync = self._persist(ready)
+        if must_sync:
+            await anyio.to_thread.run_sync(self.storage.make_durable)
+        self._finish(ready, late, must_sync)
+
+    def _carry_out(self, ready: Ready, make_durable: Callable[[], None]) -> None:
+        late, must_sync = self._persist(ready)
+        if must_sync:
+            make_durable()
+        self._finish(ready, late, must_sync)
+
+    def _persist(self, ready: Ready) -> tuple[Sequence[Outgoing], bool]:
+        """Write the Ready to the log (not yet durable) and send what may leave before
+        the fsync; returns the messages that must wait and whether to fsync."""
         self.counters["readies"] += 1
         storage = self.storage
         must_sync = False
@@ -292,18 +330,19 @@ class RaftService:
             # a crash it is recomputed from the cluster. A term or vote must be.
             self._persisted_vote = (hard.term, hard.vote)
         must_sync = must_sync or vote_changed
-        late: tuple[Outgoing, ...] | list[Outgoing] = ready.messages
+        late: Sequence[Outgoing] = ready.messages
         if must_sync:
             if self.raft.role is Role.LEADER and not vote_changed:
                 early = [m for m in late if m.kind in _EARLY_KINDS]
                 late = [m for m in late if m.kind not in _EARLY_KINDS]
                 self._send(early)
             storage.write_out()
-            if self._config.fsync_on_thread:
-                await anyio.to_thread.run_sync(storage.make_durable)
-            else:
-                storage.make_durable()
-            storage.finish_sync()
+        return late, must_sync
+
+    def _finish(self, ready: Ready, late: Sequence[Outgoing], synced: bool) -> None:
+        """After the fsync: send the rest, apply, answer, advance the core."""
+        if synced:
+            self.storage.finish_sync()
             self.counters["fsyncs"] += 1
         self._send(late)
         if ready.soft_state is not None:
@@ -314,7 +353,7 @@ class RaftService:
         self.after_answers()
         self._maybe_snapshot()
 
-    def _send(self, messages: tuple[Outgoing, ...] | list[Outgoing]) -> None:
+    def _send(self, messages: Sequence[Outgoing]) -> None:
         self._node.send_core_messages(messages)
 
     def _on_role_change(self) -> None:
