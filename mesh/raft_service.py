@@ -4,10 +4,9 @@ How this works. ``RaftService`` owns one ``RaftNode`` (the pure core), its
 ``FileStorage`` in ``<node dir>/raft`` and the ``KVStore`` it replicates. The
 node delivers ``raft.*`` messages to ``step`` and ticks it like any core; the
 core's output is carried out one ``Ready`` at a time, in the order the core
-requires: at once when the node flushes the core after a batch of messages or a
-tick (with the fsync on the event loop there is nothing to wait for, and waking
-another task would cost a loop turn per Raft step), and by ``run`` for any
-Ready that leaves, or with ``fsync_on_thread``:
+requires: by a callback queued when the node flushes the core (with the fsync on
+the event loop there is nothing to await, and waking a task costs more), and by
+``run`` for any Ready that leaves, or with ``fsync_on_thread``:
 
 1. write the Ready's snapshot, entries and hard state to the log (buffered);
 2. the fsync (on the event loop, or with ``fsync_on_thread`` on a worker
@@ -34,6 +33,7 @@ each write once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -122,8 +122,11 @@ class RaftService:
                         recovery.truncated_at, recovery.tail_problem)
         self._applied = snapshot.index
         self._wake = anyio.Event()
-        self._running = False  # run() is carrying out Readies (the storage is open)
-        self._handling = False  # a Ready is being carried out from the node's flush
+        # Set while run() runs (the storage is open): Readies may be carried out by
+        # callbacks on this loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handling_queued = False
+        self._failure: Exception | None = None
         self._writes: dict[int, _Waiting] = {}  # by proposed log index
         self._proposed: dict[tuple[str, int], int] = {}  # (client id, seq) -> its index
         self._reads: dict[bytes, _Waiting] = {}  # by read request id
@@ -163,13 +166,12 @@ class RaftService:
                 and now - self._last_lease_tick >= self._config.lease_tick_interval_ms / 1000):
             self._last_lease_tick = now
             self._propose(Request("", 0, _wall_ms(), Tick()))
-        self._wake.set()
+        self._kick()
 
     def take_outbox(self) -> list[Outgoing]:
         """Nothing to hand over: each Ready's messages are sent when their turn comes
-        in carrying it out, here at once or by ``run``."""
-        self._handle_now()
-        self._wake.set()
+        in carrying it out (see the module doc)."""
+        self._kick()
         return []
 
     # -- clients ------------------------------------------------------------------------
@@ -188,7 +190,7 @@ class RaftService:
             self._submit_read(call, answer)
         else:
             self._invalid(call, answer, "a call needs a command or a read")
-        self._wake.set()
+        self._kick()
 
     def _submit_write(self, call: KVCall, answer: AnswerCallback) -> None:
         raft = self.raft
@@ -270,31 +272,49 @@ class RaftService:
 
     async def run(self) -> None:
         """Carry out the core's Readies until cancelled (see the module doc)."""
-        self._running = True
+        self._loop = asyncio.get_running_loop()
         try:
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
+                if self._failure is not None:
+                    raise self._failure
                 while self.raft.has_ready():
                     await self._handle(self.raft.ready())
                     # Let the node receive and tick between Readies: with the fsync
                     # on the loop nothing else in a Ready yields.
                     await anyio.lowlevel.checkpoint()
         finally:
-            self._running = False
+            self._loop = None
             self.storage.close()
 
-    def _handle_now(self) -> None:
-        """Carry out one Ready at once, from the node's flush, when the fsync runs on
-        the event loop anyway: waking ``run`` for it would cost a loop turn per
-        Raft step. ``run`` carries out any Ready this leaves."""
-        if self._running and not self._handling and not self._config.fsync_on_thread:
-            if self.raft.has_ready():
-                self._handling = True
-                try:
-                    self._carry_out(self.raft.ready(), self.storage.make_durable)
-                finally:
-                    self._handling = False
+    def _kick(self) -> None:
+        """The core may have a Ready: have it carried out soon.
+
+        With the fsync on the event loop, by a plain callback after the loop's
+        callbacks of this turn: cheaper than waking ``run`` (a task), three times
+        on a write's path, and what the turn's other callbacks (frames from other
+        peers) add still joins the same Ready and fsync. ``run`` carries out any
+        Ready that leaves, and every Ready with ``fsync_on_thread``.
+        """
+        if self._loop is None or self._config.fsync_on_thread:
+            self._wake.set()
+        elif not self._handling_queued:
+            self._handling_queued = True
+            self._loop.call_soon(self._handle_queued)
+
+    def _handle_queued(self) -> None:
+        self._handling_queued = False
+        if self._loop is None or self._failure is not None or not self.raft.has_ready():
+            return
+        try:
+            self._carry_out(self.raft.ready(), self.storage.make_durable)
+        except Exception as exc:  # a storage failure: run raises it, ending the node
+            self._failure = exc
+            self._wake.set()
+            return
+        if self.raft.has_ready():
+            self._wake.set()
 
     async def _handle(self, ready: Ready) -> None:
         if not self._config.fsync_on_thread:
