@@ -15,6 +15,7 @@ KEYS = (
     "mesh_batched_msgs_per_s",
     "mesh_rtt_p50_ms",
     "mesh_rtt_p99_ms",
+    "sodium_verify_msgs_per_s",
 )
 
 
