@@ -33,7 +33,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 import zmq
@@ -88,8 +88,9 @@ class TransportCounters:
 
 
 @dataclass(slots=True, eq=False)
-class _Reader:
-    """One socket the event loop watches: the listener, or a DEALER to one peer."""
+class _Watched:
+    """One socket and its state with the event loop: the listener, or the DEALER
+    to one peer (an outbound connection)."""
 
     socket: zmq.Socket[bytes]
     address: str | None  # the peer's address for a DEALER, None for the listener
@@ -100,31 +101,23 @@ class _Reader:
     closed: bool = False
 
 
-@dataclass(slots=True, eq=False)
-class _Connection:
-    address: str
-    reader: _Reader = field(repr=False)
-
-    @property
-    def socket(self) -> zmq.Socket[bytes]:
-        return self.reader.socket
-
-
 FrameHandler = Callable[[list[InboundFrame]], None]
 
 _UNWATCHED_RETRY_S = 0.005
+"""How often an awaited send retries a full queue while ``serve`` is not running
+(no readiness callbacks can wake it then)."""
 
 
 class Transport:
-    """The sockets of one node (or client) and the tasks that read them."""
+    """The sockets of one node (or client), read from the event loop's callbacks."""
 
     def __init__(self, config: TransportConfig, on_frames: FrameHandler) -> None:
         self.config = config
         self.counters = TransportCounters()
         self._on_frames = on_frames
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._listener: _Reader | None = None
-        self._connections: OrderedDict[str, _Connection] = OrderedDict()
+        self._listener: _Watched | None = None
+        self._connections: OrderedDict[str, _Watched] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failure: BaseException | None = None
         self._failed: anyio.Event | None = None
@@ -144,7 +137,7 @@ class Transport:
             socket.close(linger=0)
             raise TransportError(f"cannot bind {address}: {exc}") from exc
         endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._listener = _Reader(socket, None, _descriptor(socket))
+        self._listener = _Watched(socket, None, _descriptor(socket))
         self.bound_address = endpoint
         return endpoint
 
@@ -161,7 +154,7 @@ class Transport:
             if self._listener is not None:
                 self._watch(self._listener)
             for connection in self._connections.values():
-                self._watch(connection.reader)
+                self._watch(connection)
             task_status.started()
             await failed.wait()
             assert self._failure is not None
@@ -173,20 +166,16 @@ class Transport:
     def close(self) -> None:
         """Close every socket (pending outbound frames are discarded).
 
-        Called by ``serve`` once its readers have stopped, or directly when
-        ``serve`` never ran.
+        Called by ``serve`` as it ends, or directly when ``serve`` never ran.
         """
         if self._closed:
             return
         self._closed = True
-        readers = [c.reader for c in self._connections.values()]
+        watched = list(self._connections.values())
         if self._listener is not None:
-            readers.append(self._listener)
-        for reader in readers:
-            self._unwatch(reader)
-            reader.closed = True
-            if reader.room is not None:
-                reader.room.set()
+            watched.append(self._listener)
+        for each in watched:
+            self._stop_watching(each)
         self._connections.clear()
         self._context.destroy(linger=0)
 
@@ -209,18 +198,17 @@ class Transport:
             return False
         if self._try_send(connection, frame):
             return True
-        reader = connection.reader
         with anyio.move_on_after(self.config.send_timeout_ms / 1000):
-            while not reader.closed:
-                room = reader.room = reader.room or anyio.Event()
+            while not connection.closed:
+                room = connection.room = connection.room or anyio.Event()
                 if self._try_send(connection, frame):
                     return True
-                if not reader.watched:
+                if not connection.watched:
                     await anyio.sleep(_UNWATCHED_RETRY_S)  # serve not running: no wake-ups
                     continue
                 await room.wait()
-                if reader.room is room:
-                    reader.room = None
+                if connection.room is room:
+                    connection.room = None
         self.counters.dropped_queue_full += 1
         return False
 
@@ -270,7 +258,7 @@ class Transport:
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, cfg.reconnect_interval_max_ms)
         socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
 
-    def _connection(self, address: str) -> _Connection | None:
+    def _connection(self, address: str) -> _Watched | None:
         if self._closed:
             self.counters.dropped_closed += 1
             return None
@@ -291,14 +279,14 @@ class Transport:
             self.counters.dropped_unroutable += 1
             log.warning("cannot connect to %s: %s", address, exc)
             return None
-        connection = _Connection(address, _Reader(socket, address, _descriptor(socket)))
+        connection = _Watched(socket, address, _descriptor(socket))
         self._connections[address] = connection
         self.counters.connections_opened += 1
         if self._loop is not None:
-            self._watch(connection.reader)
+            self._watch(connection)
         return connection
 
-    def _try_send(self, connection: _Connection, frame: bytes) -> bool:
+    def _try_send(self, connection: _Watched, frame: bytes) -> bool:
         try:
             # Always copied: a zero-copy send hands the buffer's release to pyzmq's
             # garbage thread, whose grabs of the GIL stall the event loop far longer
@@ -306,21 +294,24 @@ class Transport:
             connection.socket.send(frame, zmq.NOBLOCK, copy=True)
         except zmq.Again:
             return False
-        self._recheck(connection.reader)
+        self._recheck(connection)
         self.counters.frames_sent += 1
         return True
 
-    def _retire(self, connection: _Connection) -> None:
-        reader = connection.reader
-        self._unwatch(reader)
-        reader.closed = True
-        if reader.room is not None:
-            reader.room.set()
-        reader.socket.close(linger=0)
+    def _retire(self, connection: _Watched) -> None:
+        self._stop_watching(connection)
+        connection.socket.close(linger=0)
+
+    def _stop_watching(self, watched: _Watched) -> None:
+        """No more reading or sending on it: a send waiting for room gives up."""
+        self._unwatch(watched)
+        watched.closed = True
+        if watched.room is not None:
+            watched.room.set()
 
     # -- receiving ---------------------------------------------------------------
 
-    def _watch(self, reader: _Reader) -> None:
+    def _watch(self, reader: _Watched) -> None:
         assert self._loop is not None
         if reader.watched or reader.closed:
             return
@@ -328,21 +319,21 @@ class Transport:
         reader.watched = True
         self._queue_drain(reader)  # frames may have arrived before we watched
 
-    def _unwatch(self, reader: _Reader) -> None:
+    def _unwatch(self, reader: _Watched) -> None:
         if reader.watched and self._loop is not None:
             self._loop.remove_reader(reader.fd)
         reader.watched = False
 
-    def _queue_drain(self, reader: _Reader) -> None:
+    def _queue_drain(self, reader: _Watched) -> None:
         if not reader.drain_queued and self._loop is not None:
             reader.drain_queued = True
             self._loop.call_soon(self._drain_queued, reader)
 
-    def _drain_queued(self, reader: _Reader) -> None:
+    def _drain_queued(self, reader: _Watched) -> None:
         reader.drain_queued = False
         self._drain(reader)
 
-    def _recheck(self, reader: _Reader) -> None:
+    def _recheck(self, reader: _Watched) -> None:
         """After a send: drain soon if the send made frames readable (no new signal
         will say so; see the module doc)."""
         if reader.watched and not reader.closed:
@@ -352,7 +343,7 @@ class Transport:
             except zmq.ZMQError:
                 pass
 
-    def _drain(self, reader: _Reader) -> None:
+    def _drain(self, reader: _Watched) -> None:
         """Called by the event loop when the socket's descriptor signals: take up to
         ``receive_batch_frames_max`` frames and hand them over; wake a waiting send
         if there is room again."""
@@ -365,7 +356,7 @@ class Transport:
                 self._failure = exc
                 self._failed.set()
 
-    def _drain_once(self, reader: _Reader) -> None:
+    def _drain_once(self, reader: _Watched) -> None:
         socket = reader.socket
         batch_max = self.config.receive_batch_frames_max
         batch: list[InboundFrame] = []
