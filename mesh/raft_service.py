@@ -308,7 +308,7 @@ class RaftService:
         if self._loop is None or self._failure is not None or not self.raft.has_ready():
             return
         try:
-            self._carry_out(self.raft.ready(), self.storage.make_durable)
+            self._carry_out(self.raft.ready())
         except Exception as exc:  # a storage failure: run raises it, ending the node
             self._failure = exc
             self._wake.set()
@@ -318,17 +318,18 @@ class RaftService:
 
     async def _handle(self, ready: Ready) -> None:
         if not self._config.fsync_on_thread:
-            self._carry_out(ready, self.storage.make_durable)
+            self._carry_out(ready)
             return
         late, must_sync = self._persist(ready)
         if must_sync:
             await anyio.to_thread.run_sync(self.storage.make_durable)
         self._finish(ready, late, must_sync)
 
-    def _carry_out(self, ready: Ready, make_durable: Callable[[], None]) -> None:
+    def _carry_out(self, ready: Ready) -> None:
+        """The whole Ready on the loop's thread, the fsync included."""
         late, must_sync = self._persist(ready)
         if must_sync:
-            make_durable()
+            self.storage.make_durable()
         self._finish(ready, late, must_sync)
 
     def _persist(self, ready: Ready) -> tuple[Sequence[Outgoing], bool]:

@@ -1,0 +1,68 @@
+"""The Raft service inside one node process: Readies carried out from loop callbacks.
+
+A single-voter node in this process (real sockets, real files with fsync): its
+writes are answered, and a storage failure met while carrying out a Ready from
+a callback ends the node with that error instead of being lost in the event
+loop's exception handler.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mesh.config import NodeConfig
+from mesh.identity import ClusterAuthority, Identity
+from mesh.raft_storage import FileStorage
+from mesh.raftlog import StorageFailed
+from mesh.runtime import Node
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+AUTHORITY = ClusterAuthority(Identity.generate())
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def single_voter(node_dir: Path) -> Node:
+    identity = Identity.generate()
+    certificate = AUTHORITY.issue(name="voter", public_key=identity.public_key, roles=["node"],
+                                  not_after=int(time.time()) + 3600)
+    config = NodeConfig(name="voter", raft={"voters": [identity.node_id_hex],
+                                            "election_timeout_ms": 300,
+                                            "heartbeat_interval_ms": 30})
+    node_dir.mkdir(parents=True, exist_ok=True)
+    return Node(config=config, identity=identity, certificate=certificate,
+                authority_public_key=AUTHORITY.public_key, node_dir=node_dir)
+
+
+async def test_writes_are_answered_and_a_storage_failure_ends_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    node = single_voter(tmp_path / "voter")
+    with pytest.raises(BaseExceptionGroup) as raised:
+        async with node.running():
+            with anyio.fail_after(20):
+                for number in range(50):
+                    written = await node.kv.put(f"k/{number}", b"v")
+                    assert written.ok
+                item = await node.kv.get("k/49")
+                assert item is not None and item.value == b"v"
+                raft = node.raft
+                assert raft is not None and raft.counters["fsyncs"] >= 50
+
+                def broken_disk(storage: FileStorage) -> None:
+                    raise StorageFailed("fsync failed: injected by the test")
+
+                monkeypatch.setattr(FileStorage, "make_durable", broken_disk)
+                with anyio.move_on_after(5):
+                    await node.kv.put("k/lost", b"never acknowledged")
+                    raise AssertionError("a write was acknowledged without its fsync")
+                await anyio.sleep_forever()  # the node's own failure ends this block
+    assert raised.group_contains(StorageFailed, match="injected by the test")
