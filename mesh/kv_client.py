@@ -56,7 +56,7 @@ from consensus.kvstore import (
 )
 from consensus.trusted import trusted
 from mesh.config import RaftConfig
-from mesh.errors import MeshError
+from mesh.errors import MeshError, MessageTooLarge
 from mesh.kv_messages import (
     GET_MANY_KEYS_MAX,
     KV_ANSWER,
@@ -181,13 +181,14 @@ class KVClient:
         self._session_numbers = itertools.count()
         self._waiting: dict[int, Callable[[KVAnswer | None], None]] = {}
         self._outgoing: dict[str | bytes, list[KVCall]] = {}
-        self._send_wanted = anyio.Event()
+        self._send_queued = False  # a callback will send what _outgoing holds
         self._leader: Target | None = None
         self._heard: dict[object, float] = {}  # target -> when it last answered anything
         self._attempts: dict[int, _Attempt] = {}  # by call id, for the watchdog
         self.counters = dict.fromkeys(
             ("calls", "attempts", "redirects", "retries_unavailable", "attempt_timeouts",
-             "answers_unmatched", "envelopes_sent", "sessions_restarted"), 0)
+             "answers_unmatched", "envelopes_sent", "sessions_restarted", "calls_too_large"),
+            0)
         node.on(KV_ANSWER, KVAnswer, self._on_answers)
 
     @classmethod
@@ -458,8 +459,11 @@ class KVClient:
                 # Full: send it now, so the voter starts on it while we make more.
                 del self._outgoing[target]
                 self._send(target, queued)
-            else:
-                self._send_wanted.set()
+            elif not self._send_queued:
+                # Sent by a callback after this loop turn's other callbacks and tasks,
+                # so calls made meanwhile share the envelope, without a task to wake.
+                self._send_queued = True
+                asyncio.get_running_loop().call_soon(self._send_outgoing)
         try:
             return await future
         finally:
@@ -467,11 +471,8 @@ class KVClient:
             self._waiting.pop(call.call_id, None)
 
     async def run(self) -> None:
-        """Send queued calls and watch for silent voters until cancelled (the node, or
-        ``connect``, starts it)."""
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._run_sender)
-            tg.start_soon(self._run_watchdog)
+        """Watch for silent voters until cancelled (the node, or ``connect``, starts it)."""
+        await self._run_watchdog()
 
     async def _run_watchdog(self) -> None:
         # Give up on a target only after it has been silent for a whole attempt timeout:
@@ -491,20 +492,29 @@ class KVClient:
                 else:
                     attempt.check_at = now + attempt.silence_s
 
-    async def _run_sender(self) -> None:
-        while True:
-            await self._send_wanted.wait()
-            self._send_wanted = anyio.Event()
-            outgoing, self._outgoing = self._outgoing, {}
-            for target, calls in outgoing.items():
-                self._send(target, calls)
+    def _send_outgoing(self) -> None:
+        self._send_queued = False
+        outgoing, self._outgoing = self._outgoing, {}
+        for target, calls in outgoing.items():
+            self._send(target, calls)
 
     def _send(self, target: str | bytes, calls: _Calls) -> None:
         self.counters["envelopes_sent"] += 1
         # The certificate rides along on every batch: a voter that restarted, or
         # never met this client, could not check the signature otherwise, and it
         # costs a few hundred bytes per batch of calls.
-        self._node.send_nowait(target, KV_CALL, calls, attach_certificate=True)
+        try:
+            self._node.send_nowait(target, KV_CALL, calls, attach_certificate=True)
+        except MessageTooLarge:
+            for call in calls:  # find the call no envelope can hold; send the others
+                try:
+                    self._node.send_nowait(target, KV_CALL, [call], attach_certificate=True)
+                except MessageTooLarge as exc:
+                    self.counters["calls_too_large"] += 1
+                    resolve = self._waiting.pop(call.call_id, None)
+                    if resolve is not None:
+                        resolve(KVAnswer(call_id=call.call_id, status="invalid",
+                                         detail=f"call too large to send: {exc}"))
 
     def _on_answers(self, inbound: Inbound) -> None:
         now = time.monotonic()

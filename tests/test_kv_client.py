@@ -10,7 +10,7 @@ import pytest
 from conftest import LocalCluster
 from consensus.kvstore import ErrorCode
 from mesh.identity import read_private_key
-from mesh.kv_client import KVClient, _Session
+from mesh.kv_client import KVClient, KVInvalid, _Session
 from mesh.kv_messages import GET_MANY_KEYS_MAX
 from mesh.layout import NODE_KEY
 
@@ -115,5 +115,41 @@ def test_get_many_reads_the_present_keys_in_the_order_asked(
             assert await kv.get_many([]) == []
             with pytest.raises(ValueError, match="more than"):
                 await kv.get_many([f"k{i}" for i in range(GET_MANY_KEYS_MAX + 1)])
+
+    anyio.run(scenario, local_cluster.directory)
+
+
+def test_a_call_too_large_for_an_envelope_is_refused_and_its_batch_still_goes(
+    local_cluster: LocalCluster,
+) -> None:
+    _single_voter(local_cluster)
+    # Writes are checked against raft.max_bytes_per_append before they leave; a read
+    # of many long keys is not, and can outgrow envelope_size_bytes_max (1 MiB).
+    long_keys = [f"{i:04d}" + "k" * 2000 for i in range(GET_MANY_KEYS_MAX)]
+
+    async def scenario(directory: Path) -> None:
+        async with KVClient.connect(directory) as kv:
+            assert (await kv.put("warm", b"up")).ok
+            results: dict[str, object] = {}
+
+            async def put(key: str, value: bytes) -> None:
+                results[key] = (await kv.put(key, value)).ok
+
+            async def read_many() -> None:
+                try:
+                    results["many"] = await kv.get_many(long_keys)
+                except KVInvalid as exc:
+                    results["many"] = str(exc)
+
+            # Started together: the three calls are queued for one envelope.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(put, "small-1", b"a")
+                tg.start_soon(read_many)
+                tg.start_soon(put, "small-2", b"b")
+            assert results["small-1"] is True and results["small-2"] is True
+            assert "too large to send" in str(results["many"])
+            assert kv.counters["calls_too_large"] == 1
+            item = await kv.get("small-2")
+            assert item is not None and item.value == b"b"
 
     anyio.run(scenario, local_cluster.directory)
