@@ -360,21 +360,16 @@ class Transport:
         socket = reader.socket
         batch_max = self.config.receive_batch_frames_max
         batch: list[InboundFrame] = []
-        more = False  # frames left behind: drain again on the next loop turn
         try:
-            events = _events(socket)
-            while events & zmq.POLLIN:
-                if len(batch) == batch_max:
-                    more = True
-                    break
+            while len(batch) < batch_max:
                 try:
                     parts = socket.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
-                    events = _events(socket)
-                    more = bool(events & zmq.POLLIN)  # never seen; but never lose a wake-up
                     break
                 batch.append(_inbound(parts, reader.address))
-                events = _events(socket)
+            # Read once the socket is empty (or the batch full): this re-arms the
+            # descriptor, and POLLIN now means frames are left or came meanwhile.
+            events = _events(socket)
         except zmq.ZMQError:
             return  # closed under us during shutdown or eviction
         if events & zmq.POLLOUT and reader.room is not None:
@@ -382,7 +377,7 @@ class Transport:
         if batch:
             self.counters.frames_received += len(batch)
             self._on_frames(batch)
-        if more:
+        if events & zmq.POLLIN:
             self._queue_drain(reader)  # let other callbacks run first
 
 
