@@ -658,11 +658,10 @@ class ContractNetDriver:
                 if found is None or not _same_task(found, step.record):
                     raise LedgerError(f"task id {task_id} is used for another task")
                 record, version = found, existing.version
-                owned = None if record.final else await kv.compare_and_set(
-                    OWNER_PREFIX + task_id, self.node.node_id, 0)
-                if owned is None:
-                    owns = False  # finished: nothing left to manage, no owner key to leave
-                elif owned.ok:
+                if record.final:
+                    owns = False  # nothing left to manage, and no owner key to leave behind
+                elif (await kv.compare_and_set(OWNER_PREFIX + task_id, self.node.node_id,
+                                               0)).ok:
                     owns = True
                 else:
                     holder = await kv.get(OWNER_PREFIX + task_id)
