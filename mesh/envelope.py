@@ -33,7 +33,7 @@ from consensus.hlc import HybridClock, wall_ms_of
 from mesh.codec import pack, unpack
 from mesh.config import EnvelopeConfig
 from mesh.errors import CertificateError, CodecError
-from mesh.identity import NODE_ID_BYTES, Certificate, Identity
+from mesh.identity import NODE_ID_BYTES, SIGNATURE_BYTES, Certificate, Identity
 from mesh.replay import ReplayWindow
 from mesh.trust import TrustedSender, TrustStore
 
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 WIRE_VERSION = 1
-SIGNATURE_BYTES = 64
 _HEADER_FIELDS = 11
 _TEXT_FIELD_CHARS_MAX = 256
 _KIND_CHARS_MAX = 64

@@ -34,6 +34,7 @@ from mesh.errors import CertificateError, IdentityError, KeyPermissionError
 
 __all__ = [
     "NODE_ID_BYTES",
+    "SIGNATURE_BYTES",
     "SODIUM_SIGN_BYTES_MAX",
     "Certificate",
     "ClusterAuthority",
@@ -53,7 +54,8 @@ SODIUM_SIGN_BYTES_MAX = 8 * 1024
 """Data up to this size is signed with libsodium (PyNaCl), about a third faster
 than OpenSSL (cryptography) for small messages; larger data is signed with
 OpenSSL, which does not copy it first."""
-_SIGNATURE_BYTES = 64
+SIGNATURE_BYTES = 64
+"""An Ed25519 signature's length."""
 _CERT_DOMAIN = "agentmesh-cert/1"
 _ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 
@@ -113,7 +115,7 @@ class Identity:
         bytes: libsodium is the faster for small data, OpenSSL for large.
         """
         if len(data) <= SODIUM_SIGN_BYTES_MAX and self.sodium_secret_key:
-            return crypto_sign(data, self.sodium_secret_key)[:_SIGNATURE_BYTES]
+            return crypto_sign(data, self.sodium_secret_key)[:SIGNATURE_BYTES]
         return self.private_key.sign(data)
 
 

@@ -20,7 +20,7 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
 from mesh.errors import CertificateError
-from mesh.identity import Certificate
+from mesh.identity import SIGNATURE_BYTES, Certificate
 
 __all__ = ["SODIUM_VERIFY_BYTES_MAX", "TrustStore", "TrustedSender"]
 
@@ -28,8 +28,6 @@ SODIUM_VERIFY_BYTES_MAX = 32 * 1024
 """Signed data up to this size is verified with libsodium (PyNaCl), which takes
 about half the time OpenSSL (cryptography) does for small messages; above it
 libsodium's copy of the message makes OpenSSL the faster of the two."""
-
-_SIGNATURE_BYTES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +39,7 @@ class TrustedSender:
 
     def signature_valid(self, signature: bytes, data: bytes) -> bool:
         """Whether ``signature`` is this sender's Ed25519 signature of ``data``."""
-        if len(signature) != _SIGNATURE_BYTES:
+        if len(signature) != SIGNATURE_BYTES:
             return False
         if len(data) <= SODIUM_VERIFY_BYTES_MAX:
             try:
