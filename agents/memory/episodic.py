@@ -59,16 +59,16 @@ from agents.memory.scopes import (
     MemoryInputError,
     MemoryStoreError,
     canonical_json,
+    cas_applied,
     check_access,
     check_int,
     load_json,
     oldest_keys,
-    refused,
     scope_records,
     validate_actor,
     validate_scope,
 )
-from consensus.kvstore import CompareAndSetWithWrites, ErrorCode
+from consensus.kvstore import CompareAndSetWithWrites
 from consensus.kvstore.commands import SIDE_WRITES_MAX
 from mesh.errors import ConfigError
 from mesh.kv_messages import KVItem
@@ -286,11 +286,9 @@ class EpisodicMemory:
             response = await self.kv.write(CompareAndSetWithWrites(
                 self._meta, canonical_json({"count": new_count}, "meta"), meta_version, None,
                 tuple(writes)))
-            if response.ok:
+            if cas_applied(response, f"episode {episode.episode_id}"):
                 self.evicted += len(doomed)
                 return episode
-            if response.error is not ErrorCode.CAS_FAILED:
-                raise refused(response, f"episode {episode.episode_id}")
             failures += 1
         raise MemoryStoreError(f"scope {self._scope!r} kept changing while episode "
                                f"{episode.episode_id} was recorded")
@@ -308,12 +306,10 @@ class EpisodicMemory:
         response = await self.kv.write(CompareAndSetWithWrites(
             self._meta, canonical_json({"count": remaining}, "meta"), meta_version, None,
             tuple(writes)))
-        if response.ok:
-            self.evicted += len(doomed)
-            return True
-        if response.error is not ErrorCode.CAS_FAILED:
-            raise refused(response, f"eviction from scope {self._scope!r}")
-        return False
+        if not cas_applied(response, f"eviction from scope {self._scope!r}"):
+            return False
+        self.evicted += len(doomed)
+        return True
 
     # -- reading ---------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Literal, Protocol
 
-from consensus.kvstore import Command, Response
+from consensus.kvstore import Command, ErrorCode, Response
 from mesh.errors import ConfigError, MeshError
 from mesh.kv_messages import KVItem
 
@@ -262,3 +262,13 @@ def refused(response: Response, what: str) -> MemoryStoreError:
     """The error for a write the store refused."""
     code = "refused" if response.error is None else response.error.value
     return MemoryStoreError(f"{what} was refused by the store: {code}: {response.detail}")
+
+
+def cas_applied(response: Response, what: str) -> bool:
+    """Whether a compare-and-set was applied: False when another writer won (read
+    again and retry); any other refusal raises ``MemoryStoreError`` naming ``what``."""
+    if response.ok:
+        return True
+    if response.error is not ErrorCode.CAS_FAILED:
+        raise refused(response, what)
+    return False

@@ -71,16 +71,16 @@ from agents.memory.scopes import (
     MemoryInputError,
     MemoryStoreError,
     canonical_json,
+    cas_applied,
     check_access,
     check_int,
     load_json,
     oldest_keys,
-    refused,
     scope_records,
     validate_actor,
     validate_scope,
 )
-from consensus.kvstore import CompareAndSetWithWrites, ErrorCode
+from consensus.kvstore import CompareAndSetWithWrites
 from consensus.kvstore.commands import SIDE_WRITES_MAX
 from mesh.errors import ConfigError
 from mesh.kv_messages import KVItem
@@ -585,11 +585,9 @@ class SemanticMemory:
             response = await self.kv.write(CompareAndSetWithWrites(
                 self._meta, self._meta_value(count + 1 - len(doomed)), meta.version, None,
                 tuple(writes)))
-            if response.ok:
+            if cas_applied(response, "the fact"):
                 self.evicted += len(doomed)
                 return fact
-            if response.error is not ErrorCode.CAS_FAILED:
-                raise refused(response, "the fact")
             failures += 1
         raise MemoryStoreError(f"scope {self._scope!r} kept changing while a fact was "
                                "remembered")
@@ -605,10 +603,8 @@ class SemanticMemory:
             response = await self.kv.write(CompareAndSetWithWrites(
                 self._meta, self._meta_value(max(0, meta.count - 1), meta), meta.version,
                 None, ((key, None),)))
-            if response.ok:
+            if cas_applied(response, f"forgetting fact {fact_id}"):
                 return True
-            if response.error is not ErrorCode.CAS_FAILED:
-                raise refused(response, f"forgetting fact {fact_id}")
         raise MemoryStoreError(f"scope {self._scope!r} kept changing while fact {fact_id} "
                                "was forgotten")
 
@@ -622,12 +618,10 @@ class SemanticMemory:
         response = await self.kv.write(CompareAndSetWithWrites(
             self._meta, self._meta_value(remaining, meta), meta.version, None,
             tuple((old, None) for old in doomed)))
-        if response.ok:
-            self.evicted += len(doomed)
-            return True
-        if response.error is not ErrorCode.CAS_FAILED:
-            raise refused(response, f"eviction from scope {self._scope!r}")
-        return False
+        if not cas_applied(response, f"eviction from scope {self._scope!r}"):
+            return False
+        self.evicted += len(doomed)
+        return True
 
     # -- reading ---------------------------------------------------------------------
 
