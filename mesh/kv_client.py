@@ -31,7 +31,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,7 +302,8 @@ class KVClient:
             raise KVInvalid(f"the request takes {len(data)} bytes, above "
                             f"raft.max_bytes_per_append ({self._config.max_bytes_per_append})")
         for _ in range(_SESSION_RESTARTS_MAX):
-            session = await self._session_for_write()
+            # Awaited only when every session is full; most writes find room at once.
+            session = self._session_with_room() or await self._session_for_write()
             seq = session.take()
             try:
                 answer = await self._call(command=data, seq=seq, client_id=session.client_id)
@@ -335,28 +336,32 @@ class KVClient:
 
     async def _session_for_write(self) -> _Session:
         """A session that may take one more write now (see ``_Session``)."""
-        window = self._config.kv_session_window
-        while True:
-            # The session that just finished a write most likely has room: try it first.
-            freed = self._freed_session
-            if freed is not None and freed.may_take(window):
-                return freed
-            if self._sessions and self._sessions[-1].may_take(window):
-                return self._sessions[-1]
-            for session in self._sessions:
-                if session.may_take(window):
-                    return session
-            # A new session only when every session is open and full: one still
-            # waiting for its first answer will soon take a window's worth.
-            if len(self._sessions) < self._config.client_sessions_max and all(
-                session.started for session in self._sessions
-            ):
-                session = _Session(f"{self.client_id}/{next(self._session_numbers)}")
-                self._sessions.append(session)
-                return session
+        while (session := self._session_with_room()) is None:
             if self._session_freed.is_set():
                 self._session_freed = anyio.Event()
             await self._session_freed.wait()
+        return session
+
+    def _session_with_room(self) -> _Session | None:
+        window = self._config.kv_session_window
+        # The session that just finished a write most likely has room: try it first.
+        freed = self._freed_session
+        if freed is not None and freed.may_take(window):
+            return freed
+        if self._sessions and self._sessions[-1].may_take(window):
+            return self._sessions[-1]
+        for session in self._sessions:
+            if session.may_take(window):
+                return session
+        # A new session only when every session is open and full: one still
+        # waiting for its first answer will soon take a window's worth.
+        if len(self._sessions) < self._config.client_sessions_max and all(
+            session.started for session in self._sessions
+        ):
+            session = _Session(f"{self.client_id}/{next(self._session_numbers)}")
+            self._sessions.append(session)
+            return session
+        return None
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -368,13 +373,13 @@ class KVClient:
         self.counters["calls"] += 1
         config = self._config
         deadline = time.monotonic() + config.client_timeout_ms / 1000
-        targets = list(self._targets())
-        if self._local is not None:
-            targets.insert(0, LOCAL)
-        if not targets:
-            raise KVUnavailable("no voter to ask: the cluster lists none")
-        target = self._leader if self._leader is not None else targets[0]
-        rotation = itertools.cycle(targets)
+        # The voters are listed only when the leader is unknown or fails: most calls
+        # go straight to the leader the last answer came from.
+        rotation: Iterator[Target] | None = None
+        target = self._leader
+        if target is None:
+            rotation = self._rotation()
+            target = next(rotation)
         last_problem = "no answer"
         silent = 0
         while time.monotonic() < deadline:
@@ -391,6 +396,7 @@ class KVClient:
                 self.counters["attempt_timeouts"] += 1
                 last_problem = f"{_show(target)} did not answer"
                 self._leader = None
+                rotation = rotation or self._rotation()
                 target = _next_other(rotation, target)
                 continue
             if answer.status == "ok":
@@ -407,11 +413,23 @@ class KVClient:
                 continue
             self.counters["retries_unavailable"] += 1
             await anyio.sleep(config.client_retry_interval_ms / 1000)
-            target = named if named is not None else _next_other(rotation, target)
+            if named is None:
+                rotation = rotation or self._rotation()
+                named = _next_other(rotation, target)
+            target = named
         raise KVUnavailable(
             f"no voter served the request within {config.client_timeout_ms} ms "
             f"(last: {last_problem}); a write's outcome is unknown"
         )
+
+    def _rotation(self) -> Iterator[Target]:
+        """The voters to try in turn, this node's own first."""
+        targets: list[Target] = list(self._targets())
+        if self._local is not None:
+            targets.insert(0, LOCAL)
+        if not targets:
+            raise KVUnavailable("no voter to ask: the cluster lists none")
+        return itertools.cycle(targets)
 
     def _new_call(self, fields: dict[str, object]) -> KVCall:
         call_id = next(self._call_ids)
@@ -421,7 +439,7 @@ class KVClient:
         return trusted(KVCall, {
             "call_id": call_id, "client_id": fields["client_id"], "seq": fields["seq"],
             "command": fields["command"], "read": None, "key": "", "limit": 1000,
-            "start_after": None,
+            "start_after": None, "keys": [],
         })
 
     def _leader_target(self, answer: KVAnswer) -> Target | None:
@@ -575,7 +593,7 @@ def _voters_first(listed: Sequence[dict[str, Any]]) -> list[str]:
     return [str(entry["listen"]) for entry in ordered]
 
 
-def _next_other(rotation: itertools.cycle[Target], current: Target) -> Target:
+def _next_other(rotation: Iterator[Target], current: Target) -> Target:
     first = next(rotation)
     if first != current:
         return first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import anyio
@@ -11,7 +12,7 @@ from conftest import LocalCluster
 from consensus.kvstore import ErrorCode
 from mesh.identity import read_private_key
 from mesh.kv_client import KVClient, KVInvalid, _Session
-from mesh.kv_messages import GET_MANY_KEYS_MAX
+from mesh.kv_messages import GET_MANY_KEYS_MAX, KVCall
 from mesh.layout import NODE_KEY
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,6 +38,18 @@ def test_a_session_keeps_its_writes_in_flight_within_one_window() -> None:
     assert not session.may_take(4)  # 10 is still out
     session.in_flight.discard(10)
     assert session.may_take(4)
+
+
+def test_a_write_call_built_without_validation_equals_the_validated_one() -> None:
+    # Writes skip pydantic (consensus.trusted), so every field must be given as
+    # validation would store it, or the call would differ from what a voter reads.
+    client = KVClient.__new__(KVClient)
+    client.client_id = "c"
+    client._call_ids = itertools.count(7)
+    fields: dict[str, object] = {"command": b"\x93\x01", "seq": 3, "client_id": "c/0"}
+    built = client._new_call(fields)
+    assert built == KVCall(call_id=7, client_id="c/0", seq=3, command=b"\x93\x01")
+    assert built.model_dump() == KVCall.model_validate(built.model_dump()).model_dump()
 
 
 def _single_voter(cluster: LocalCluster) -> None:
