@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 
 from mesh import __version__
-from mesh.collector import tune_for_node
+from mesh.collector import tune_collector
 from mesh.config import defaults_toml, load_config
 from mesh.errors import ClusterError, MeshError
 from mesh.gossip_cli import GossipCommandError, gossip_command, parse_value
@@ -264,7 +264,7 @@ async def _run_until_signal(node: Node) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with node.running():
             # Started: what startup built and recovery loaded is frozen from here on.
-            tune_for_node(node.config.gc_young_threshold)
+            tune_collector(node.config.gc_young_threshold)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 await node.leave()

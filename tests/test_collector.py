@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mesh.collector import tune_for_node
+from mesh.collector import tune_collector
 from mesh.config import NodeConfig
 
 
@@ -24,7 +24,7 @@ def collector_restored() -> Iterator[None]:
 @pytest.mark.usefixtures("collector_restored")
 def test_a_node_freezes_what_it_holds_and_collects_its_youngest_objects_less_often() -> None:
     _, older, oldest = gc.get_threshold()
-    tune_for_node(50_000)
+    tune_collector(50_000)
     assert gc.get_threshold() == (50_000, older, oldest)
     assert gc.get_freeze_count() > 0
 
@@ -32,7 +32,7 @@ def test_a_node_freezes_what_it_holds_and_collects_its_youngest_objects_less_oft
 @pytest.mark.usefixtures("collector_restored")
 def test_zero_keeps_pythons_collector_as_it_is() -> None:
     before = gc.get_threshold()
-    tune_for_node(0)
+    tune_collector(0)
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
 
 
