@@ -28,6 +28,7 @@ the end on use), so every replica drops the same sessions.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -36,14 +37,34 @@ from consensus.kvstore.responses import ErrorCode, Response
 __all__ = ["Sessions"]
 
 
+class _Session:
+    """One client's stored responses, and their sequence numbers as a min-heap (so
+    the oldest is found without a scan of the window on every request)."""
+
+    __slots__ = ("responses", "seqs")
+
+    def __init__(self) -> None:
+        self.responses: dict[int, Response] = {}
+        self.seqs: list[int] = []
+
+    def oldest(self) -> int:
+        return self.seqs[0]
+
+    def store(self, seq: int, response: Response, window: int) -> None:
+        self.responses[seq] = response
+        heapq.heappush(self.seqs, seq)
+        if len(self.seqs) > window:
+            del self.responses[heapq.heappop(self.seqs)]
+
+
 class Sessions:
     """Per-client windows of stored responses, least recently used first."""
 
     def __init__(self, sessions_max: int, window: int) -> None:
         self._sessions_max = sessions_max
         self._window = window
-        # client id -> {seq: response}; order = least recently used first.
-        self._sessions: OrderedDict[str, dict[int, Response]] = OrderedDict()
+        # client id -> its session; order = least recently used first.
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -64,12 +85,12 @@ class Sessions:
                 ErrorCode.SESSION_EXPIRED,
                 detail=f"no session for this client and seq {seq} is not 1",
             )
-        stored = session.get(seq)
+        stored = session.responses.get(seq)
         if stored is not None:
             self._sessions.move_to_end(client_id)
             return stored
-        if len(session) >= self._window:
-            oldest = min(session)
+        if len(session.seqs) >= self._window:
+            oldest = session.oldest()
             if seq < oldest:
                 return Response(
                     index,
@@ -84,18 +105,16 @@ class Sessions:
         if session is None:
             if len(self._sessions) >= self._sessions_max:
                 self._sessions.popitem(last=False)
-            session = self._sessions[client_id] = {}
+            session = self._sessions[client_id] = _Session()
         else:
             self._sessions.move_to_end(client_id)
-        assert seq not in session, (client_id, seq, session[seq])
-        session[seq] = response
-        if len(session) > self._window:
-            del session[min(session)]
+        assert seq not in session.responses, (client_id, seq, session.responses[seq])
+        session.store(seq, response, self._window)
 
     def export(self) -> Iterator[tuple[str, list[tuple[int, Response]]]]:
         """Every session, least recently used first, its responses by increasing seq."""
         for client_id, session in self._sessions.items():
-            yield client_id, sorted(session.items())
+            yield client_id, sorted(session.responses.items())
 
     def load(self, client_id: str, responses: list[tuple[int, Response]]) -> None:
         """Add a session from a snapshot (call in ``export`` order, seqs increasing).
@@ -106,4 +125,6 @@ class Sessions:
         assert client_id not in self._sessions, client_id
         if len(self._sessions) >= self._sessions_max:
             self._sessions.popitem(last=False)
-        self._sessions[client_id] = dict(responses[-self._window :])
+        session = self._sessions[client_id] = _Session()
+        for seq, response in responses[-self._window :]:
+            session.store(seq, response, self._window)
