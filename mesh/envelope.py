@@ -23,6 +23,7 @@ schema (``bad_payload``). Cheap checks come first, so garbage costs little.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -199,10 +200,25 @@ class EnvelopeSealer:
                 on_behalf_of,
                 reply_to,
                 self._certificate_wire if attach_certificate else None,
-                [p.model_dump() for p in payloads],
+                _dump(payloads),
             ]
         )
         return seq, header_and_body + self.identity.sign(header_and_body)
+
+
+def _dump(payloads: Sequence[BaseModel]) -> list[Any]:
+    """The payloads as plain data: in one call into pydantic's core when they are all
+    of one model, as a body nearly always is (about half the cost per payload)."""
+    model = type(payloads[0])
+    if len(payloads) > 1 and all(type(p) is model for p in payloads):
+        listed = payloads if isinstance(payloads, list) else list(payloads)
+        return _body_dumper(model).dump_python(listed)  # type: ignore[no-any-return]
+    return [p.model_dump() for p in payloads]
+
+
+@functools.lru_cache(maxsize=256)
+def _body_dumper(model: type[BaseModel]) -> TypeAdapter[list[BaseModel]]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
 class EnvelopeOpener:

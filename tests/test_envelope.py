@@ -332,6 +332,32 @@ def test_payloads_failing_their_schema_or_of_unknown_kind_are_bad_payload() -> N
     assert receiver.rejected[Rejection.BAD_PAYLOAD] == 3
 
 
+def test_one_bad_payload_among_many_refuses_the_envelope_and_names_its_place() -> None:
+    receiver = opener()
+    notes: list[BaseModel] = [Note(text=f"n{i}") for i in range(20)]
+    notes[13] = Note.model_construct(text="x" * 101, count=0)
+    outcome = open_frame(receiver, sealer().seal(KIND, notes, wall_ms=NOW_MS,
+                                                 attach_certificate=True)[1])
+    assert isinstance(outcome, Rejected) and outcome.reason is Rejection.BAD_PAYLOAD
+    assert "13" in outcome.detail and "text" in outcome.detail
+
+
+def test_a_body_of_mixed_models_is_sealed_payload_by_payload() -> None:
+    class Other(BaseModel):
+        text: str
+        count: int = 0
+        extra: bool = True
+
+    receiver = opener()
+    frame = sealer().seal(KIND, [Note(text="a"), Other(text="b")], wall_ms=NOW_MS,
+                          attach_certificate=True)[1]
+    body = fields_of(frame)[10]
+    assert body == [{"text": "a", "count": 0}, {"text": "b", "count": 0, "extra": True}]
+    envelope = open_frame(receiver, frame)  # Note ignores fields it does not know
+    assert isinstance(envelope, Envelope)
+    assert envelope.payloads == (Note(text="a"), Note(text="b"))
+
+
 def test_a_bad_payload_uses_up_its_sequence_number() -> None:
     receiver = opener()
     frame = sealer().seal(KIND, [Unregistered(anything=1)], wall_ms=NOW_MS,
