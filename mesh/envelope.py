@@ -117,9 +117,6 @@ class PayloadRegistry:
 
     def __init__(self) -> None:
         self._models: dict[str, type[BaseModel]] = {}
-        # Built on first use: validating a whole body in one call into pydantic's core
-        # costs about a third less per payload than a call per payload.
-        self._bodies: dict[str, TypeAdapter[tuple[BaseModel, ...]]] = {}
 
     def register(self, kind: str, model: type[BaseModel]) -> None:
         """Register ``model`` for ``kind``; a kind is registered once."""
@@ -133,17 +130,6 @@ class PayloadRegistry:
     def model_for(self, kind: str) -> type[BaseModel] | None:
         """The model registered for ``kind``, or None."""
         return self._models.get(kind)
-
-    def body_validator(self, kind: str) -> TypeAdapter[tuple[BaseModel, ...]] | None:
-        """Validates a whole body of ``kind`` (a list of payloads) into a tuple of its
-        model's instances; None if the kind is not registered."""
-        validator = self._bodies.get(kind)
-        if validator is None:
-            model = self._models.get(kind)
-            if model is None:
-                return None
-            validator = self._bodies[kind] = TypeAdapter(tuple[model, ...])  # type: ignore[valid-type]
-        return validator
 
     def kinds(self) -> list[str]:
         """Registered kinds, sorted."""
@@ -206,19 +192,20 @@ class EnvelopeSealer:
         return seq, header_and_body + self.identity.sign(header_and_body)
 
 
-def _dump(payloads: Sequence[BaseModel]) -> list[Any]:
+def _dump(payloads: Sequence[BaseModel]) -> Sequence[Any]:
     """The payloads as plain data: in one call into pydantic's core when they are all
     of one model, as a body nearly always is (about half the cost per payload)."""
     model = type(payloads[0])
     if len(payloads) > 1 and all(type(p) is model for p in payloads):
-        listed = payloads if isinstance(payloads, list) else list(payloads)
-        return _body_dumper(model).dump_python(listed)  # type: ignore[no-any-return]
+        return _body_adapter(model).dump_python(tuple(payloads))  # type: ignore[no-any-return]
     return [p.model_dump() for p in payloads]
 
 
 @functools.lru_cache(maxsize=256)
-def _body_dumper(model: type[BaseModel]) -> TypeAdapter[list[BaseModel]]:
-    return TypeAdapter(list[model])  # type: ignore[valid-type]
+def _body_adapter(model: type[BaseModel]) -> TypeAdapter[tuple[BaseModel, ...]]:
+    """Validates and dumps a whole body of ``model``'s payloads in one call into
+    pydantic's core: about a third less per payload than a call per payload."""
+    return TypeAdapter(tuple[model, ...])  # type: ignore[valid-type]
 
 
 class EnvelopeOpener:
@@ -347,11 +334,11 @@ class EnvelopeOpener:
         # so the same envelope can never be processed later.
         window.accept(seq)
 
-        validator = self.registry.body_validator(kind)
-        if validator is None:
+        model = self.registry.model_for(kind)
+        if model is None:
             return Rejected(Rejection.BAD_PAYLOAD, f"no payload type registered for kind {kind!r}")
         try:
-            payloads = validator.validate_python(body)
+            payloads = _body_adapter(model).validate_python(body)
         except ValidationError as exc:
             return Rejected(
                 Rejection.BAD_PAYLOAD, f"{kind}: {exc.error_count()} error(s): {exc.errors()[0]}"
