@@ -219,6 +219,8 @@ def main() -> int:
                         "gc_young_threshold (0: Python's defaults)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.client_gc_threshold < 0:
+        parser.error("--client-gc-threshold must be 0 (Python's defaults) or more")
     tune_collector(args.client_gc_threshold)
     results = [anyio.run(bench_agentmesh, args)]
     results[0]["client_gc_young_threshold"] = args.client_gc_threshold
