@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from random import Random
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -685,7 +685,10 @@ _payloads: st.SearchStrategy[tuple[str, BaseModel]] = st.one_of(
 _actions = st.lists(st.tuples(_ids, _payloads, st.floats(0.0, 10.0)), min_size=1, max_size=40)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Without the explain phase, and with the blob to replay it: a rare failure seen once
+# in CI was hidden behind the timeout, because explaining traces every line it runs.
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          phases=[p for p in Phase if p is not Phase.explain], print_blob=True)
 @given(actions=_actions, seed=st.integers(0, 2**32), leave_at=st.none() | st.integers(0, 40))
 def test_random_valid_messages_never_raise(
     actions: list[tuple[bytes, tuple[str, BaseModel], float]], seed: int, leave_at: int | None
