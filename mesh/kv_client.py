@@ -250,7 +250,7 @@ class KVClient:
             raise ValueError(f"{len(keys)} keys, more than {GET_MANY_KEYS_MAX} in one read")
         if not keys:
             return []
-        answer = await self._call(read="get_many", keys=list(keys))
+        answer = await self._call({"read": "get_many", "keys": list(keys)})
         return answer.items
 
     async def list(
@@ -306,7 +306,8 @@ class KVClient:
             session = self._session_with_room() or await self._session_for_write()
             seq = session.take()
             try:
-                answer = await self._call(command=data, seq=seq, client_id=session.client_id)
+                answer = await self._call(
+                    {"command": data, "seq": seq, "client_id": session.client_id})
                 session.started = True
             except BaseException:
                 if not session.started:
@@ -367,9 +368,10 @@ class KVClient:
 
     async def _read(self, read: ReadOp, key: str, *, limit: int = 1000,
                     start_after: str | None = None) -> KVAnswer:
-        return await self._call(read=read, key=key, limit=limit, start_after=start_after)
+        return await self._call({"read": read, "key": key, "limit": limit,
+                                 "start_after": start_after})
 
-    async def _call(self, **fields: object) -> KVAnswer:
+    async def _call(self, fields: dict[str, object]) -> KVAnswer:
         self.counters["calls"] += 1
         config = self._config
         deadline = time.monotonic() + config.client_timeout_ms / 1000
@@ -389,8 +391,15 @@ class KVClient:
             # leader is left after one, but a leader slowed by load is not answered
             # with a storm of retries through the other voters, which slows it more.
             silence_s = config.client_attempt_timeout_ms / 1000 * 2 ** min(silent, 4)
-            answer = await self._attempt(target, call, silence_s,
+            # Awaited here rather than in a coroutine of its own: every level of
+            # coroutine a write passes through costs it a frame on each resume.
+            future = self._start_attempt(target, call, silence_s,
                                          max(0.0, deadline - time.monotonic()))
+            try:
+                answer = await future
+            finally:
+                del self._attempts[call.call_id]
+                self._waiting.pop(call.call_id, None)
             if answer is None:
                 silent += 1
                 self.counters["attempt_timeouts"] += 1
@@ -451,9 +460,11 @@ class KVClient:
             return answer.leader_id
         return None
 
-    async def _attempt(
+    def _start_attempt(
         self, target: Target, call: KVCall, silence_s: float, timeout_s: float
-    ) -> KVAnswer | None:
+    ) -> asyncio.Future[KVAnswer | None]:
+        """Send ``call`` to ``target``; the future gets its answer, or None once the
+        watchdog gives up. The caller awaits it and then forgets the attempt."""
         # A bare future, watched by one watchdog for all calls: a cancel scope, an
         # event or even a timer per call would cost more than the rest of a write.
         future: asyncio.Future[KVAnswer | None] = asyncio.get_running_loop().create_future()
@@ -482,11 +493,7 @@ class KVClient:
                 # so calls made meanwhile share the envelope, without a task to wake.
                 self._send_queued = True
                 asyncio.get_running_loop().call_soon(self._send_outgoing)
-        try:
-            return await future
-        finally:
-            del self._attempts[call.call_id]
-            self._waiting.pop(call.call_id, None)
+        return future
 
     async def run(self) -> None:
         """Watch for silent voters until cancelled (the node, or ``connect``, starts it)."""
