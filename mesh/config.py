@@ -58,12 +58,14 @@ class EnvelopeConfig(_Section):
         description="Most payloads one envelope may carry; more is 'malformed'.",
     )
     verify_threads: int = Field(
-        2,
+        1,
         ge=1,
         le=64,
         description="Threads that check the signatures of one received batch in parallel "
-        "(Ed25519 verification releases the GIL). 1 verifies on the event loop alone; "
-        "more than the machine's cores gains nothing.",
+        "(Ed25519 verification releases the GIL). 1 verifies on the event loop alone, "
+        "best when several nodes share the machine's cores (a local mesh): handing a "
+        "share to a thread then costs more than it saves. 2 or more pay when a node has "
+        "cores to itself; more than the machine's cores gains nothing.",
     )
     replay_window_messages: int = Field(
         4096,

@@ -13,7 +13,7 @@ c. messages delivered per second through the mesh (seal and sign, send, receive,
 d. the same with batching: many payloads in one envelope, one signature;
 e. request/response round trips through the mesh, signed both ways (p50, p99).
 
-    python scripts/bench_transport.py [--seconds S] [--json]
+    python scripts/bench_transport.py [--seconds S] [--verify-threads N] [--json]
 """
 
 from __future__ import annotations
@@ -74,10 +74,12 @@ def _certificates(seeds: dict[str, bytes]) -> dict[str, Certificate]:
     }
 
 
-def _node(name: str, seeds: dict[str, bytes], listen: bool) -> Node:
+def _node(name: str, seeds: dict[str, bytes], listen: bool, verify_threads: int) -> Node:
     certificates = _certificates(seeds)
+    config = NodeConfig(name=name, listen="tcp://127.0.0.1:0",
+                        envelope={"verify_threads": verify_threads})
     node = Node(
-        config=NodeConfig(name=name, listen="tcp://127.0.0.1:0"),
+        config=config,
         identity=_identity(seeds[name]),
         certificate=certificates[name],
         authority_public_key=_identity(seeds["authority"]).public_key,
@@ -164,12 +166,13 @@ def _verifier(control: Connection, seconds: float, library: str) -> None:
 # -- c, d, e. the mesh ---------------------------------------------------------------
 
 
-def _mesh_receiver(control: Connection, seeds: dict[str, bytes]) -> None:
-    anyio.run(_mesh_receiver_async, control, seeds)
+def _mesh_receiver(control: Connection, seeds: dict[str, bytes], verify_threads: int) -> None:
+    anyio.run(_mesh_receiver_async, control, seeds, verify_threads)
 
 
-async def _mesh_receiver_async(control: Connection, seeds: dict[str, bytes]) -> None:
-    node = _node("receiver", seeds, listen=True)
+async def _mesh_receiver_async(control: Connection, seeds: dict[str, bytes],
+                               verify_threads: int) -> None:
+    node = _node("receiver", seeds, listen=True, verify_threads=verify_threads)
     stats = {"count": 0, "first": 0.0, "last": 0.0}
 
     def on_data(inbound: Inbound) -> None:
@@ -210,13 +213,13 @@ async def _await_quiet(stats: dict[str, Any], quiet_s: float = 0.3) -> None:
 
 
 def _mesh_sender(control: Connection, seeds: dict[str, bytes], address: str, mode: str,
-                 seconds: float) -> None:
-    control.send(anyio.run(_mesh_sender_async, seeds, address, mode, seconds))
+                 seconds: float, verify_threads: int) -> None:
+    control.send(anyio.run(_mesh_sender_async, seeds, address, mode, seconds, verify_threads))
 
 
 async def _mesh_sender_async(seeds: dict[str, bytes], address: str, mode: str,
-                             seconds: float) -> Any:
-    node = _node("sender", seeds, listen=False)
+                             seconds: float, verify_threads: int) -> Any:
+    node = _node("sender", seeds, listen=False, verify_threads=verify_threads)
     node.registry.register(KIND_DATA, Blob)
     node.registry.register(KIND_PING, Blob)
     node.registry.register(KIND_PONG, Blob)
@@ -272,8 +275,12 @@ def _join(*processes: Any) -> None:
             process.join()
 
 
-def measure(seconds: float) -> dict[str, float]:
-    """Run every measurement once; returns the figures keyed as ``--json`` prints them."""
+def measure(seconds: float, verify_threads: int | None = None) -> dict[str, float]:
+    """Run every measurement once; returns the figures keyed as ``--json`` prints them.
+    ``verify_threads``: the mesh nodes' ``envelope.verify_threads`` (default: the
+    config's default)."""
+    if verify_threads is None:
+        verify_threads = NodeConfig().envelope.verify_threads
     context = mp.get_context("spawn")
     results: dict[str, float] = {}
 
@@ -297,20 +304,22 @@ def measure(seconds: float) -> dict[str, float]:
 
     seeds = {name: Ed25519PrivateKey.generate().private_bytes_raw()
              for name in ("authority", "sender", "receiver")}
-    receiver, receiver_pipe = _spawn(context, _mesh_receiver, seeds)
+    receiver, receiver_pipe = _spawn(context, _mesh_receiver, seeds, verify_threads)
     address = receiver_pipe.recv()
     try:
         for mode, key in (("single", "mesh_msgs_per_s"), ("batched", "mesh_batched_msgs_per_s")):
             receiver_pipe.send("reset")
             receiver_pipe.recv()
-            sender, sender_pipe = _spawn(context, _mesh_sender, seeds, address, mode, seconds)
+            sender, sender_pipe = _spawn(context, _mesh_sender, seeds, address, mode, seconds,
+                                         verify_threads)
             sent = sender_pipe.recv()
             _join(sender)
             receiver_pipe.send("report")
             results[key], received = receiver_pipe.recv()
             results[key.replace("_per_s", "_sent")] = sent
             results[key.replace("_per_s", "_received")] = received
-        sender, sender_pipe = _spawn(context, _mesh_sender, seeds, address, "rtt", seconds)
+        sender, sender_pipe = _spawn(context, _mesh_sender, seeds, address, "rtt", seconds,
+                                     verify_threads)
         latencies = sorted(sender_pipe.recv())
         _join(sender)
     finally:
@@ -340,12 +349,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0,
                         help="duration of each measurement (default 3)")
+    parser.add_argument("--verify-threads", type=int,
+                        default=NodeConfig().envelope.verify_threads,
+                        help="the mesh nodes' envelope.verify_threads (default: the config's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
-    figures = measure(args.seconds)
+    if args.verify_threads < 1:
+        parser.error("--verify-threads must be at least 1")
+    figures = measure(args.seconds, args.verify_threads)
     report = {**figures, "ratios": ratios(figures), "seconds": args.seconds,
+              "verify_threads": args.verify_threads,
               "message_bytes": MESSAGE_BYTES, "batch_payloads": BATCH_PAYLOADS}
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))

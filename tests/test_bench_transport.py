@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_transport.py"
 KEYS = (
     "raw_zmq_msgs_per_s",
@@ -19,13 +21,18 @@ KEYS = (
 )
 
 
-def test_short_benchmark_reports_every_figure_and_delivers_every_message() -> None:
+@pytest.mark.parametrize("verify_threads", [1, 2])
+def test_short_benchmark_reports_every_figure_and_delivers_every_message(
+    verify_threads: int,
+) -> None:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--seconds", "0.3", "--json"],
+        [sys.executable, str(SCRIPT), "--seconds", "0.3", "--verify-threads",
+         str(verify_threads), "--json"],
         capture_output=True, text=True, timeout=90, check=False,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    assert report["verify_threads"] == verify_threads
     for key in KEYS:
         assert report[key] > 0, (key, report)
     assert report["mesh_rtt_p50_ms"] <= report["mesh_rtt_p99_ms"]
@@ -44,3 +51,12 @@ def test_benchmark_refuses_a_nonpositive_duration() -> None:
     )
     assert result.returncode == 2
     assert "--seconds must be positive" in result.stderr
+
+
+def test_benchmark_refuses_fewer_than_one_verify_thread() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--verify-threads", "0"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 2
+    assert "--verify-threads must be at least 1" in result.stderr
