@@ -54,18 +54,23 @@ from consensus.kvstore import (
     decode_response,
     encode_command,
 )
-from consensus.trusted import trusted
 from mesh.config import RaftConfig
 from mesh.errors import MeshError, MessageTooLarge
 from mesh.kv_messages import (
     GET_MANY_KEYS_MAX,
     KV_ANSWER,
     KV_CALL,
+    KV_WRITES,
+    KV_WRITTEN,
     KVAnswer,
     KVCall,
     KVItem,
     KVLock,
+    KVWritten,
     ReadOp,
+    ok_answer,
+    write_call,
+    writes_payloads,
 )
 
 if TYPE_CHECKING:
@@ -190,6 +195,7 @@ class KVClient:
              "answers_unmatched", "envelopes_sent", "sessions_restarted", "calls_too_large"),
             0)
         node.on(KV_ANSWER, KVAnswer, self._on_answers)
+        node.on(KV_WRITTEN, KVWritten, self._on_written)
 
     @classmethod
     @asynccontextmanager
@@ -445,11 +451,9 @@ class KVClient:
         if "command" not in fields:
             return KVCall(call_id=call_id, client_id=self.client_id, **fields)
         # Writes are the hot path, and their fields are ours and checked (``write``).
-        return trusted(KVCall, {
-            "call_id": call_id, "client_id": fields["client_id"], "seq": fields["seq"],
-            "command": fields["command"], "read": None, "key": "", "limit": 1000,
-            "start_after": None, "keys": [],
-        })
+        client_id, seq, command = fields["client_id"], fields["seq"], fields["command"]
+        assert type(client_id) is str and type(seq) is int and type(command) is bytes
+        return write_call(call_id, client_id, seq, command)
 
     def _leader_target(self, answer: KVAnswer) -> Target | None:
         if answer.leader_id is not None and answer.leader_id == self._node.node_id:
@@ -528,36 +532,63 @@ class KVClient:
         # The certificate rides along on every batch: a voter that restarted, or
         # never met this client, could not check the signature otherwise, and it
         # costs a few hundred bytes per batch of calls.
-        try:
-            self._node.send_nowait(target, KV_CALL, calls, attach_certificate=True)
-        except MessageTooLarge:
-            for call in calls:  # find the call no envelope can hold; send the others
-                try:
-                    self._node.send_nowait(target, KV_CALL, [call], attach_certificate=True)
-                except MessageTooLarge as exc:
-                    self.counters["calls_too_large"] += 1
-                    resolve = self._waiting.pop(call.call_id, None)
-                    if resolve is not None:
-                        resolve(KVAnswer(call_id=call.call_id, status="invalid",
-                                         detail=f"call too large to send: {exc}"))
+        writes = [call for call in calls if call.command is not None]
+        if writes:
+            budget = self._node.config.envelope.envelope_size_bytes_max // 2
+            try:
+                self._node.send_nowait(target, KV_WRITES, writes_payloads(writes, budget),
+                                       attach_certificate=True)
+            except MessageTooLarge:
+                self._send_one_by_one(target, writes)
+        reads = [call for call in calls if call.command is None] if len(writes) < len(calls) else []
+        if reads:
+            try:
+                self._node.send_nowait(target, KV_CALL, reads, attach_certificate=True)
+            except MessageTooLarge:
+                self._send_one_by_one(target, reads)
+
+    def _send_one_by_one(self, target: str | bytes, calls: _Calls) -> None:
+        for call in calls:  # find the call no envelope can hold; send the others
+            try:
+                self._node.send_nowait(target, KV_CALL, [call], attach_certificate=True)
+            except MessageTooLarge as exc:
+                self.counters["calls_too_large"] += 1
+                resolve = self._waiting.pop(call.call_id, None)
+                if resolve is not None:
+                    resolve(KVAnswer(call_id=call.call_id, status="invalid",
+                                     detail=f"call too large to send: {exc}"))
 
     def _on_answers(self, inbound: Inbound) -> None:
+        now = self._note_heard(inbound)
+        for answer in inbound.envelope.payloads:
+            assert isinstance(answer, KVAnswer)
+            self._resolve(answer.call_id, answer, now)
+
+    def _on_written(self, inbound: Inbound) -> None:
+        now = self._note_heard(inbound)
+        for written in inbound.envelope.payloads:
+            assert isinstance(written, KVWritten)
+            for call_id, response in zip(written.call_ids, written.responses, strict=True):
+                self._resolve(call_id, ok_answer(call_id, response), now)
+
+    def _note_heard(self, inbound: Inbound) -> float:
         now = time.monotonic()
         self._heard[inbound.envelope.sender] = now
         if inbound.route.address is not None:
             self._heard[inbound.route.address] = now
-        for answer in inbound.envelope.payloads:
-            assert isinstance(answer, KVAnswer)
-            resolve = self._waiting.get(answer.call_id)
-            if resolve is None:
-                self.counters["answers_unmatched"] += 1
-                continue
-            attempt = self._attempts.get(answer.call_id)
-            if attempt is not None:
-                # The target as the call named it (an address after a redirect, a node
-                # id otherwise): the watchdog looks it up under that name.
-                self._heard[attempt.target] = now
-            resolve(answer)
+        return now
+
+    def _resolve(self, call_id: int, answer: KVAnswer, now: float) -> None:
+        resolve = self._waiting.get(call_id)
+        if resolve is None:
+            self.counters["answers_unmatched"] += 1
+            return
+        attempt = self._attempts.get(call_id)
+        if attempt is not None:
+            # The target as the call named it (an address after a redirect, a node
+            # id otherwise): the watchdog looks it up under that name.
+            self._heard[attempt.target] = now
+        resolve(answer)
 
 
 class _ClusterListing:

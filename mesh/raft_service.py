@@ -57,9 +57,8 @@ from consensus.kvstore import (
 )
 from consensus.raft import MESSAGE_KINDS, ConfState, EntryKind, RaftNode, Ready, Role
 from consensus.raft.messages import APPEND, HEARTBEAT, SNAPSHOT
-from consensus.trusted import trusted
 from mesh.config import RaftConfig
-from mesh.kv_messages import KVAnswer, KVCall, KVItem, KVLock
+from mesh.kv_messages import KVAnswer, KVCall, KVItem, KVLock, ok_answer
 from mesh.raft_storage import FileStorage
 
 if TYPE_CHECKING:
@@ -424,7 +423,7 @@ class RaftService:
             if waiting.data == entry.data:
                 assert waiting.request is not None
                 response = kv.apply_request(index, waiting.request)
-                waiting.answer(_answer(waiting.call.call_id, "ok", encode_response(response)))
+                waiting.answer(ok_answer(waiting.call.call_id, encode_response(response)))
             else:  # another leader's entry took the slot: retry decides
                 kv.apply(index, entry.data)
                 waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="unavailable",
@@ -495,15 +494,6 @@ class RaftService:
             "counters": {**self.counters, **raft.counters},
             "log": self.storage.log.stats,
         }
-
-
-def _answer(call_id: int, status: str, response: bytes) -> KVAnswer:
-    """A write's answer, built without validation: every value here is our own."""
-    return trusted(KVAnswer, {
-        "call_id": call_id, "status": status, "response": response, "item": None,
-        "items": [], "truncated": False, "lock": None, "leader_id": None,
-        "leader_address": None, "detail": "",
-    })
 
 
 def _item(item: Any) -> KVItem:

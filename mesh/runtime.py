@@ -44,7 +44,18 @@ from mesh.errors import MeshError, MessageTooLarge, Overloaded, RequestTimeout
 from mesh.gossip_api import NodeGossip
 from mesh.identity import Certificate, Identity
 from mesh.kv_client import KVClient
-from mesh.kv_messages import KV_ANSWER, KV_CALL, KVAnswer, KVCall
+from mesh.kv_messages import (
+    KV_ANSWER,
+    KV_CALL,
+    KV_WRITES,
+    KV_WRITTEN,
+    KVAnswer,
+    KVCall,
+    KVWrites,
+    KVWritten,
+    write_call,
+    written_payloads,
+)
 from mesh.membership import Member, Membership, MemberState
 from mesh.messages import (
     GOSSIP_REQUEST,
@@ -178,6 +189,8 @@ class Node:
         self.raft: RaftService | None = None
         self._kv: KVClient | None = None
         self._kv_answers: dict[tuple[Route, bytes], list[KVAnswer]] = {}
+        # Applied writes that came in columns, answered in columns: call ids, responses.
+        self._kv_written: dict[tuple[Route, bytes], tuple[list[int], list[bytes]]] = {}
         self.registry.register(STATUS_REQUEST, StatusRequest)
         self.registry.register(STATUS_RESPONSE, StatusResponse)
         self.registry.register(GOSSIP_RESPONSE, GossipResponse)
@@ -333,6 +346,8 @@ class Node:
             service.after_answers = self.flush_kv_answers
             self.register_core(service)
             self.on(KV_CALL, KVCall, self._on_kv_calls)
+            self.on(KV_WRITES, KVWrites, self._on_kv_writes)
+            self.registry.register(KV_WRITTEN, KVWritten)
             self._services.append(service.run)
         others = [v for v in voters if v != self.node_id]
         self._kv = KVClient(self, self.config.raft, lambda: others, local=self.raft)
@@ -360,21 +375,52 @@ class Node:
             self.raft.submit(call, answer)
         self.flush_kv_answers()
 
+    def _on_kv_writes(self, inbound: Inbound) -> None:
+        assert self.raft is not None
+        key = (inbound.route, inbound.envelope.sender)
+
+        def answer(reply: KVAnswer) -> None:
+            # Applied writes are answered in columns too; refusals and retries as calls.
+            if reply.status == "ok" and reply.response is not None:
+                call_ids, responses = self._kv_written.setdefault(key, ([], []))
+                call_ids.append(reply.call_id)
+                responses.append(reply.response)
+            else:
+                self._kv_answers.setdefault(key, []).append(reply)
+
+        submit = self.raft.submit
+        for writes in inbound.envelope.payloads:
+            assert isinstance(writes, KVWrites)
+            for call_id, client_id, seq, command in zip(
+                writes.call_ids, writes.client_ids, writes.seqs, writes.commands, strict=True
+            ):
+                submit(write_call(call_id, client_id, seq, command), answer)
+        self.flush_kv_answers()
+
     def flush_kv_answers(self) -> None:
         """Send the KV answers collected so far, many per envelope, along their routes."""
-        if not self._kv_answers:
+        if self._kv_written:
+            written, self._kv_written = self._kv_written, {}
+            budget = self.config.envelope.envelope_size_bytes_max // 2
+            for (route, recipient), (call_ids, responses) in written.items():
+                self._reply_kv(route, recipient, KV_WRITTEN,
+                               written_payloads(call_ids, responses, budget))
+        if self._kv_answers:
+            batches, self._kv_answers = self._kv_answers, {}
+            for (route, recipient), answers in batches.items():
+                self._reply_kv(route, recipient, KV_ANSWER, answers)
+
+    def _reply_kv(self, route: Route, recipient: bytes, kind: str,
+                  payloads: Sequence[BaseModel]) -> None:
+        try:
+            frames = self._seal_batches(kind, payloads, recipient, None, None,
+                                        attach_certificate=True)
+        except MessageTooLarge as exc:
+            self.counters.send_dropped += 1
+            log.error("kv answers dropped: %s", exc)
             return
-        batches, self._kv_answers = self._kv_answers, {}
-        for (route, recipient), answers in batches.items():
-            try:
-                frames = self._seal_batches(KV_ANSWER, answers, recipient, None, None,
-                                            attach_certificate=True)
-            except MessageTooLarge as exc:
-                self.counters.send_dropped += 1
-                log.error("kv answers dropped: %s", exc)
-                continue
-            for frame in frames:
-                self._count_send(self.transport.reply(route, frame))
+        for frame in frames:
+            self._count_send(self.transport.reply(route, frame))
 
     @property
     def gossip(self) -> NodeGossip:

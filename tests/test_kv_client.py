@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -12,7 +13,7 @@ from conftest import LocalCluster
 from consensus.kvstore import ErrorCode
 from mesh.identity import read_private_key
 from mesh.kv_client import KVClient, KVInvalid, _Session
-from mesh.kv_messages import GET_MANY_KEYS_MAX, KVCall
+from mesh.kv_messages import GET_MANY_KEYS_MAX, KV_CALL, KV_WRITES, KVCall
 from mesh.layout import NODE_KEY
 
 pytestmark = pytest.mark.timeout(120)
@@ -164,5 +165,52 @@ def test_a_call_too_large_for_an_envelope_is_refused_and_its_batch_still_goes(
             assert kv.counters["calls_too_large"] == 1
             item = await kv.get("small-2")
             assert item is not None and item.value == b"b"
+
+    anyio.run(scenario, local_cluster.directory)
+
+
+def test_writes_leave_in_columns_and_calls_still_work_one_by_one(
+    local_cluster: LocalCluster,
+) -> None:
+    _single_voter(local_cluster)
+
+    async def scenario(directory: Path) -> None:
+        async with KVClient.connect(directory) as kv:
+            sent: list[str] = []
+            send_nowait = kv.node.send_nowait
+
+            def recording(to: bytes | str, kind: str, payloads: Any, **options: Any) -> bool:
+                sent.append(kind)
+                return send_nowait(to, kind, payloads, **options)
+
+            kv.node.send_nowait = recording  # type: ignore[method-assign]
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    for i in range(20):
+                        tg.start_soon(kv.put, f"k/{i}", b"v")
+                assert (await kv.get("k/3")) is not None
+                assert set(sent) == {KV_WRITES, KV_CALL}
+                assert kv.counters["answers_unmatched"] == 0
+                # The voter still takes a write as a plain call, and answers it as one.
+                sent.clear()
+                kv._send = kv._send_one_by_one  # type: ignore[method-assign]
+                response = await kv.put("k/3", b"again")
+                assert response.ok and response.version == 2
+                assert sent == [KV_CALL]
+
+    anyio.run(scenario, local_cluster.directory)
+
+
+def test_a_write_the_voter_cannot_decode_is_answered_invalid_not_in_columns(
+    local_cluster: LocalCluster,
+) -> None:
+    _single_voter(local_cluster)
+
+    async def scenario(directory: Path) -> None:
+        async with KVClient.connect(directory) as kv:
+            assert (await kv.put("warm", b"up")).ok
+            with anyio.fail_after(30), pytest.raises(KVInvalid, match="command"):
+                await kv._call({"command": b"\xc1", "seq": 1, "client_id": kv.client_id + "/x"})
+            assert (await kv.put("after", b"still fine")).ok
 
     anyio.run(scenario, local_cluster.directory)
