@@ -38,9 +38,16 @@ __all__ = [
 _UNPACK_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException)
 
 
+# One packer for every call: ``packb`` builds a Packer per call, which is most of
+# what packing a small command costs (1.1 against 0.36 us). Sharing it is safe: it
+# resets after each ``pack`` (also after an error), and without a ``default`` hook a
+# pack runs as one C call that holds the GIL, so nothing can interleave with it.
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def pack(obj: Any) -> bytes:
     """msgpack bytes of a structure of lists, ints, str, bytes and None."""
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    return _PACKER.pack(obj)  # type: ignore[no-any-return]
 
 
 def unpack(data: bytes, what: str) -> Any:
