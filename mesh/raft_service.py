@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from random import Random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 from pydantic import BaseModel
@@ -64,12 +64,14 @@ from mesh.raft_storage import FileStorage
 if TYPE_CHECKING:
     from mesh.runtime import Node
 
-__all__ = ["RAFT_DIR_NAME", "AnswerCallback", "RaftService"]
+__all__ = ["RAFT_DIR_NAME", "AnswerCallback", "RaftService", "WrittenCallback"]
 
 log = logging.getLogger(__name__)
 
 RAFT_DIR_NAME = "raft"
 AnswerCallback = Callable[[KVAnswer], None]
+WrittenCallback = Callable[[int, bytes], None]
+"""Called with an applied write's call id and encoded ``Response``."""
 
 # A leader may send these before its own fsync (see the module doc).
 _EARLY_KINDS = frozenset({APPEND, HEARTBEAT, SNAPSHOT})
@@ -83,13 +85,22 @@ _ROLE_NAMES = {
 _EXPIRY_SWEEP_S = 0.25
 
 
+class _Writer(NamedTuple):
+    """Who a write is from and how to answer it: its ``KVCall``'s fields but the command."""
+
+    call_id: int
+    client_id: str
+    seq: int
+
+
 @dataclass(slots=True)
 class _Waiting:
-    call: KVCall
+    call: KVCall | _Writer  # a read's call, or a write's writer
     answer: AnswerCallback
     since: float
     data: bytes = b""  # a write's proposed entry
     request: Request | None = None  # and its request, so applying need not decode it
+    written: WrittenCallback | None = None  # answers an applied write, if given
     read_index: int | None = None  # a read's index, once known
 
 
@@ -177,51 +188,69 @@ class RaftService:
 
     def submit(self, call: KVCall, answer: AnswerCallback) -> None:
         """Serve one client call; ``answer`` is called once with its outcome."""
-        self.counters["calls"] += 1
-        if len(self._writes) + len(self._reads) >= self._config.calls_pending_max:
-            self.counters["calls_refused_busy"] += 1
-            answer(KVAnswer(call_id=call.call_id, status="unavailable",
-                            detail="this voter holds calls_pending_max requests already"))
-            return
         if call.command is not None:
-            self._submit_write(call, answer)
-        elif call.read is not None:
+            self.submit_write(call.call_id, call.client_id, call.seq, call.command, answer)
+            return
+        self.counters["calls"] += 1
+        if self._full(call.call_id, answer):
+            return
+        if call.read is not None:
             self._submit_read(call, answer)
         else:
-            self._invalid(call, answer, "a call needs a command or a read")
+            self._invalid(call.call_id, answer, "a call needs a command or a read")
         self._kick()
 
-    def _submit_write(self, call: KVCall, answer: AnswerCallback) -> None:
+    def submit_write(self, call_id: int, client_id: str, seq: int, command: bytes,
+                     answer: AnswerCallback, written: WrittenCallback | None = None) -> None:
+        """Serve one write, given as the fields of its ``KVCall`` (writes arrive in
+        columns, and building a call each would cost more than proposing it).
+        ``written``, if given, takes the answer of an applied write instead of
+        ``answer``: its call id and encoded response, without a ``KVAnswer``."""
+        self.counters["calls"] += 1
+        if self._full(call_id, answer):
+            return
+        self._submit_write(_Writer(call_id, client_id, seq), command, answer, written)
+        self._kick()
+
+    def _full(self, call_id: int, answer: AnswerCallback) -> bool:
+        if len(self._writes) + len(self._reads) < self._config.calls_pending_max:
+            return False
+        self.counters["calls_refused_busy"] += 1
+        answer(KVAnswer(call_id=call_id, status="unavailable",
+                        detail="this voter holds calls_pending_max requests already"))
+        return True
+
+    def _submit_write(self, writer: _Writer, command: bytes, answer: AnswerCallback,
+                      written: WrittenCallback | None = None) -> None:
         raft = self.raft
         if raft.role is not Role.LEADER:
-            self._redirect(call, answer)
+            self._redirect(writer.call_id, answer)
             return
-        assert call.command is not None
-        session = (call.client_id, call.seq)
-        if call.client_id and session in self._proposed:
+        session = (writer.client_id, writer.seq)
+        if writer.client_id and session in self._proposed:
             # A retry of a write still in flight here: answer it when that commits,
             # rather than propose it again (the store would apply it once anyway).
             waiting = self._writes[self._proposed[session]]
-            waiting.call, waiting.answer = call, answer
+            waiting.call, waiting.answer, waiting.written = writer, answer, written
             return
         try:
-            request = Request(call.client_id, call.seq, _wall_ms(), decode_command(call.command))
+            request = Request(writer.client_id, writer.seq, _wall_ms(), decode_command(command))
         except CommandError as exc:
-            self._invalid(call, answer, str(exc))
+            self._invalid(writer.call_id, answer, str(exc))
             return
         data = encode_request(request)
         try:
             index = raft.propose(data)
         except ValueError as exc:  # larger than max_bytes_per_append
-            self._invalid(call, answer, str(exc))
+            self._invalid(writer.call_id, answer, str(exc))
             return
         if index is None:
             self.counters["calls_refused_busy"] += 1
-            answer(KVAnswer(call_id=call.call_id, status="unavailable",
+            answer(KVAnswer(call_id=writer.call_id, status="unavailable",
                             detail="the leader is busy (uncommitted bytes) or transferring"))
             return
-        self._writes[index] = _Waiting(call, answer, time.monotonic(), data, request)
-        if call.client_id:
+        self._writes[index] = _Waiting(writer, answer, time.monotonic(), data, request, written)
+        if writer.client_id:
             self._proposed[session] = index
 
     def _submit_read(self, call: KVCall, answer: AnswerCallback) -> None:
@@ -235,21 +264,21 @@ class RaftService:
         self._reads[request_id] = _Waiting(call, answer, time.monotonic())
         raft.read_index(request_id)
 
-    def _redirect(self, call: KVCall, answer: AnswerCallback) -> None:
+    def _redirect(self, call_id: int, answer: AnswerCallback) -> None:
         leader = self.raft.leader_id
         if leader is None:
-            answer(KVAnswer(call_id=call.call_id, status="unavailable",
+            answer(KVAnswer(call_id=call_id, status="unavailable",
                             detail="no leader is known yet"))
             return
         self.counters["redirects"] += 1
         membership = self._node.membership
         address = membership.address_of(leader) if membership is not None else None
-        answer(KVAnswer(call_id=call.call_id, status="redirect", leader_id=leader,
+        answer(KVAnswer(call_id=call_id, status="redirect", leader_id=leader,
                         leader_address=address, detail="not the leader"))
 
-    def _invalid(self, call: KVCall, answer: AnswerCallback, detail: str) -> None:
+    def _invalid(self, call_id: int, answer: AnswerCallback, detail: str) -> None:
         self.counters["calls_invalid"] += 1
-        answer(KVAnswer(call_id=call.call_id, status="invalid", detail=detail))
+        answer(KVAnswer(call_id=call_id, status="invalid", detail=detail))
 
     def _propose(self, request: Request) -> None:
         self.raft.propose(encode_request(request))
@@ -423,7 +452,10 @@ class RaftService:
             if waiting.data == entry.data:
                 assert waiting.request is not None
                 response = kv.apply_request(index, waiting.request)
-                waiting.answer(ok_answer(waiting.call.call_id, encode_response(response)))
+                if waiting.written is not None:
+                    waiting.written(waiting.call.call_id, encode_response(response))
+                else:
+                    waiting.answer(ok_answer(waiting.call.call_id, encode_response(response)))
             else:  # another leader's entry took the slot: retry decides
                 kv.apply(index, entry.data)
                 waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="unavailable",
@@ -441,6 +473,7 @@ class RaftService:
                 if read.read_index is not None and read.read_index <= applied]
         for request_id in done:
             read = self._reads.pop(request_id)
+            assert isinstance(read.call, KVCall)
             read.answer(self._read(read.call))
             self.counters["reads_served"] += 1
 

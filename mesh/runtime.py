@@ -53,7 +53,6 @@ from mesh.kv_messages import (
     KVCall,
     KVWrites,
     KVWritten,
-    write_call,
     written_payloads,
 )
 from mesh.membership import Member, Membership, MemberState
@@ -379,22 +378,24 @@ class Node:
         assert self.raft is not None
         key = (inbound.route, inbound.envelope.sender)
 
+        # Applied writes are answered in columns too; refusals and retries as calls.
         def answer(reply: KVAnswer) -> None:
-            # Applied writes are answered in columns too; refusals and retries as calls.
-            if reply.status == "ok" and reply.response is not None:
-                call_ids, responses = self._kv_written.setdefault(key, ([], []))
-                call_ids.append(reply.call_id)
-                responses.append(reply.response)
-            else:
-                self._kv_answers.setdefault(key, []).append(reply)
+            self._kv_answers.setdefault(key, []).append(reply)
 
-        submit = self.raft.submit
+        def written(call_id: int, response: bytes) -> None:
+            columns = self._kv_written.get(key)
+            if columns is None:
+                columns = self._kv_written[key] = ([], [])
+            columns[0].append(call_id)
+            columns[1].append(response)
+
+        submit_write = self.raft.submit_write
         for writes in inbound.envelope.payloads:
             assert isinstance(writes, KVWrites)
             for call_id, client_id, seq, command in zip(
                 writes.call_ids, writes.client_ids, writes.seqs, writes.commands, strict=True
             ):
-                submit(write_call(call_id, client_id, seq, command), answer)
+                submit_write(call_id, client_id, seq, command, answer, written)
         self.flush_kv_answers()
 
     def flush_kv_answers(self) -> None:
