@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, Field
@@ -14,6 +16,7 @@ from mesh.codec import pack, unpack
 from mesh.config import EnvelopeConfig
 from mesh.envelope import (
     SIGNATURE_BYTES,
+    SIGNING_CONTEXT,
     WIRE_VERSION,
     Envelope,
     EnvelopeOpener,
@@ -21,6 +24,7 @@ from mesh.envelope import (
     PayloadRegistry,
     Rejected,
     Rejection,
+    signing_digest,
 )
 from mesh.errors import CodecError
 from mesh.identity import Certificate, ClusterAuthority, Identity
@@ -76,7 +80,7 @@ def reason_of(outcome: Envelope | Rejected) -> Rejection | None:
 
 def resign(fields: list[object], identity: Identity = SENDER) -> bytes:
     signed = pack(fields)
-    return signed + identity.sign(signed)
+    return signed + identity.sign(signing_digest(signed))
 
 
 def fields_of(frame: bytes) -> list[object]:
@@ -497,3 +501,22 @@ def test_split_map_keeps_order_and_refuses_zero_threads() -> None:
         split.close()
     with pytest.raises(ValueError, match=r"threads \(0\) must be at least 1"):
         SplitMap(threads=0)
+
+
+def test_the_signature_signs_the_context_and_the_digest_of_the_bytes_before_it() -> None:
+    _, frame = sealer().seal(KIND, [Note(text="n", count=i) for i in range(500)],
+                             wall_ms=NOW_MS)
+    signed, signature = frame[:-SIGNATURE_BYTES], frame[-SIGNATURE_BYTES:]
+    # Checked with OpenSSL directly, not through the mesh's own verifier.
+    digest = SIGNING_CONTEXT + hashlib.sha256(signed).digest()
+    SENDER.private_key.public_key().verify(signature, digest)
+    with pytest.raises(InvalidSignature):
+        SENDER.private_key.public_key().verify(signature, signed)
+
+
+def test_a_frame_signed_over_its_bytes_rather_than_their_digest_is_refused() -> None:
+    _, frame = sealer().seal(KIND, [Note(text="hello")], wall_ms=NOW_MS,
+                             attach_certificate=True)
+    signed = frame[:-SIGNATURE_BYTES]
+    outcome = open_frame(opener(), signed + SENDER.sign(signed))
+    assert reason_of(outcome) is Rejection.BAD_SIGNATURE
