@@ -51,6 +51,8 @@ from consensus.kvstore import (
     encode_request,
     encode_response,
 )
+from consensus.kvstore.responses import response_from_wire, response_to_wire
+from consensus.kvstore.settings import INT_MAX
 from consensus.kvstore.snapshot import decode_snapshot
 
 # ------------------------------------------------------------------ harness
@@ -509,6 +511,52 @@ def test_responses_round_trip() -> None:
         assert decode_response(encode_response(response)) == response
     with pytest.raises(CommandError, match="unknown error code"):
         decode_response(msgpack.packb([1, "nope", 0, 0, None, None, None, None, 0, ""]))
+
+
+_INT = st.integers(0, INT_MAX)
+_RESPONSES = st.builds(
+    Response, index=_INT, error=st.none() | st.sampled_from(list(ErrorCode)), version=_INT,
+    previous=_INT, lease_id=st.none() | st.integers(1, INT_MAX),
+    deadline_ms=st.none() | _INT, token=st.none() | st.integers(1, INT_MAX),
+    holder=st.none() | st.text(min_size=1, max_size=5), deleted=_INT,
+    detail=st.text(max_size=5),
+) | st.builds(  # a plain write's answer, the common case
+    lambda index, error, version, previous: Response(index, error, version, previous),
+    _INT, st.none() | st.sampled_from(list(ErrorCode)), _INT, _INT,
+)
+_NOT_VALID = [True, False, -1, INT_MAX + 1, 1.0, b"", "x", "", [], None]
+_ERROR_VALUES = {code.value for code in ErrorCode}
+
+
+@given(response=_RESPONSES)
+def test_every_response_round_trips(response: Response) -> None:
+    assert decode_response(encode_response(response)) == response
+
+
+@given(response=_RESPONSES)
+def test_a_response_with_a_field_no_response_can_hold_is_refused(response: Response) -> None:
+    for position in range(10):
+        for bad in _NOT_VALID:
+            items = response_to_wire(response)
+            items[position] = bad
+            if _holds_a_response(items):
+                assert response_from_wire(items) == Response(
+                    items[0], None if items[1] is None else ErrorCode(items[1]), *items[2:])
+            else:
+                with pytest.raises(CommandError):
+                    response_from_wire(items)
+
+
+def _holds_a_response(items: list[Any]) -> bool:
+    """The rules of a response's list form, spelled out once more."""
+    return (
+        all(type(items[i]) is int and 0 <= items[i] <= INT_MAX for i in (0, 2, 3, 8))
+        and (items[1] is None or (type(items[1]) is str and items[1] in _ERROR_VALUES))
+        and all(items[i] is None or (type(items[i]) is int and low <= items[i] <= INT_MAX)
+                for i, low in ((4, 1), (5, 0), (6, 1)))
+        and (items[7] is None or (type(items[7]) is str and items[7] != ""))
+        and type(items[9]) is str
+    )
 
 
 GARBAGE: list[tuple[bytes, str]] = [

@@ -20,6 +20,7 @@ import enum
 from typing import Any, NamedTuple
 
 from consensus.kvstore.errors import CommandError
+from consensus.kvstore.settings import INT_MAX
 from consensus.kvstore.wire import (
     expect_int,
     expect_list,
@@ -137,6 +138,17 @@ def response_from_wire(obj: object) -> Response:
         error = _ERROR_BY_VALUE.get(error_value) if type(error_value) is str else None
         if error is None:
             raise CommandError(f"unknown error code {show(error_value)}")
+    index, _, version, previous, lease_id, deadline_ms, token, holder, deleted, detail = items
+    # A client reads one per write, and nearly every one is a plain write's answer:
+    # checked in one expression here, each field by name below only if that fails.
+    if (
+        type(index) is int and 0 <= index <= INT_MAX
+        and type(version) is int and 0 <= version <= INT_MAX
+        and type(previous) is int and 0 <= previous <= INT_MAX
+        and lease_id is None and deadline_ms is None and token is None and holder is None
+        and deleted == 0 and type(deleted) is int and detail == "" and type(detail) is str
+    ):
+        return Response(index, error, version, previous, None, None, None, None, 0, "")
     return Response(
         index=expect_int(items[0], "index"),
         error=error,
