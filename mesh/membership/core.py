@@ -453,10 +453,12 @@ class Membership:
         self._now = now
         if self._left:
             return
+        # Forget first: whatever this tick sends by node id (a relay's nack to its
+        # requester, say) must go to a member still in the table when it is drained.
+        self._tick_reap(now)
         self._tick_probe(now)
         self._tick_relays(now)
         self._tick_suspicions(now)
-        self._tick_reap(now)
         self._tick_join(now)
         self._tick_push_pull(now)
 
