@@ -180,7 +180,10 @@ class KVClient:
         # Sessions in the store: more than one when more writes are in flight than a
         # session's window of remembered responses covers.
         self._sessions: list[_Session] = []
-        self._session_freed = anyio.Event()
+        # Writes waiting for a session with room, woken one at a time (see
+        # _session_for_write): waking them all at every answer cost a client with
+        # thousands waiting a search of every session per waiter per answer.
+        self._room_waiters: deque[asyncio.Future[None]] = deque()
         self._freed_session: _Session | None = None
         self._call_ids = itertools.count(1)
         self._session_numbers = itertools.count()
@@ -324,7 +327,8 @@ class KVClient:
             finally:
                 session.in_flight.discard(seq)
                 self._freed_session = session
-                self._session_freed.set()
+                if self._room_waiters:
+                    self._wake_one_waiter()
             assert answer.response is not None, answer
             response = decode_response(answer.response)
             if response.error is not ErrorCode.SESSION_EXPIRED:
@@ -340,14 +344,43 @@ class KVClient:
             self._sessions.remove(session)
         if self._freed_session is session:
             self._freed_session = None
+        if self._room_waiters:
+            self._wake_one_waiter()  # a new session may be opened in its place
 
     async def _session_for_write(self) -> _Session:
-        """A session that may take one more write now (see ``_Session``)."""
+        """A session that may take one more write now (see ``_Session``), waiting in
+        line for one if need be.
+
+        An answered write wakes the first in line. A writer that finds room wakes
+        the next, since one answer can make room for many (a new session's first);
+        one that finds none goes back to the head of the line and the chain stops.
+        """
+        loop = asyncio.get_running_loop()
+        first = True
         while (session := self._session_with_room()) is None:
-            if self._session_freed.is_set():
-                self._session_freed = anyio.Event()
-            await self._session_freed.wait()
+            waiter: asyncio.Future[None] = loop.create_future()
+            if first:
+                self._room_waiters.append(waiter)
+                first = False
+            else:
+                self._room_waiters.appendleft(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one_waiter()  # woken, then cancelled: pass it on
+                raise
+        if self._room_waiters:
+            self._wake_one_waiter()
         return session
+
+    def _wake_one_waiter(self) -> None:
+        waiters = self._room_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():  # skip those cancelled while in line
+                waiter.set_result(None)
+                return
 
     def _session_with_room(self) -> _Session | None:
         window = self._config.kv_session_window

@@ -214,3 +214,51 @@ def test_a_write_the_voter_cannot_decode_is_answered_invalid_not_in_columns(
             assert (await kv.put("after", b"still fine")).ok
 
     anyio.run(scenario, local_cluster.directory)
+
+
+def test_writes_beyond_every_session_window_wait_in_line_and_all_complete(
+    local_cluster: LocalCluster,
+) -> None:
+    _single_voter(local_cluster)
+    writes, cancelled = 400, 20
+
+    async def scenario(directory: Path) -> None:
+        async with KVClient.connect(directory) as kv:
+            # Room for 2 sessions x 4 writes: nearly every writer waits in line.
+            kv._config = kv._config.model_copy(
+                update={"client_sessions_max": 2, "kv_session_window": 4})
+            searches = 0
+            search = kv._session_with_room
+
+            def counted() -> Any:
+                nonlocal searches
+                searches += 1
+                return search()
+
+            kv._session_with_room = counted  # type: ignore[method-assign]
+            done: list[int] = []
+
+            async def put(i: int) -> None:
+                assert (await kv.put(f"k/{i}", b"v")).ok
+                done.append(i)
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for i in range(writes):
+                        tg.start_soon(put, i)
+                    # Some writers give up while in line: their places pass on.
+                    async with anyio.create_task_group() as doomed:
+                        for i in range(writes, writes + cancelled):
+                            doomed.start_soon(put, i)
+                        await anyio.sleep(0)
+                        doomed.cancel_scope.cancel()
+            assert sorted(done) == list(range(writes))
+            assert len(kv._sessions) == 2
+            assert not kv._room_waiters
+            # Woken one at a time, a writer searches the sessions a few times at
+            # most; woken all at once, each would search again at every answer.
+            assert searches < 6 * (writes + cancelled), searches
+            items = await kv.get_many([f"k/{i}" for i in range(writes)])
+            assert [item.version for item in items] == [1] * writes
+
+    anyio.run(scenario, local_cluster.directory)
