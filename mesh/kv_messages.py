@@ -79,9 +79,9 @@ class _Payload(BaseModel):
 class KVCall(_Payload):
     """One request of one client: a write (``command`` set) or a read (``read`` set)."""
 
-    call_id: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    call_id: _Id
     client_id: str = Field("", max_length=_TEXT_CHARS_MAX)
-    seq: Annotated[int, Field(ge=0, le=2**63 - 1)] = 0
+    seq: _Id = 0
     command: bytes | None = Field(None, max_length=_COMMAND_BYTES_MAX)
     """An encoded ``consensus.kvstore`` command (``encode_command``)."""
     read: ReadOp | None = None
@@ -118,7 +118,7 @@ class KVLock(_Payload):
 class KVAnswer(_Payload):
     """The outcome of one ``KVCall``."""
 
-    call_id: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    call_id: _Id
     status: Literal["ok", "redirect", "unavailable", "invalid"]
     response: bytes | None = Field(None, max_length=_RESPONSE_BYTES_MAX)
     """A write's encoded ``consensus.kvstore.Response`` (which may be a refusal)."""

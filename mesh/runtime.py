@@ -360,8 +360,8 @@ class Node:
                             "(agentmesh up --voters N sets it)")
         return self._kv
 
-    def _on_kv_calls(self, inbound: Inbound) -> None:
-        assert self.raft is not None
+    def _kv_answerer(self, inbound: Inbound) -> Callable[[KVAnswer], None]:
+        """Collects answers to ``inbound``'s calls for the next flush, by route and sender."""
         key = (inbound.route, inbound.envelope.sender)
 
         def answer(reply: KVAnswer) -> None:
@@ -369,6 +369,11 @@ class Node:
             # come after one (once their write is applied or their read index is).
             self._kv_answers.setdefault(key, []).append(reply)
 
+        return answer
+
+    def _on_kv_calls(self, inbound: Inbound) -> None:
+        assert self.raft is not None
+        answer = self._kv_answerer(inbound)
         for call in inbound.envelope.payloads:
             assert isinstance(call, KVCall)
             self.raft.submit(call, answer)
@@ -377,10 +382,8 @@ class Node:
     def _on_kv_writes(self, inbound: Inbound) -> None:
         assert self.raft is not None
         key = (inbound.route, inbound.envelope.sender)
-
         # Applied writes are answered in columns too; refusals and retries as calls.
-        def answer(reply: KVAnswer) -> None:
-            self._kv_answers.setdefault(key, []).append(reply)
+        answer = self._kv_answerer(inbound)
 
         def written(call_id: int, response: bytes) -> None:
             columns = self._kv_written.get(key)
