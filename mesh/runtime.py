@@ -752,6 +752,17 @@ class Node:
     # -- receiving ---------------------------------------------------------------
 
     def _on_frames(self, frames: list[InboundFrame]) -> None:
+        raft = self.raft
+        if raft is None:
+            self._deliver(frames)
+            return
+        raft.begin_batch()
+        try:
+            self._deliver(frames)
+        finally:
+            raft.end_batch()
+
+    def _deliver(self, frames: list[InboundFrame]) -> None:
         wall_ms = wall_clock_ms()
         now_unix_s = wall_ms / 1000
         stepped: set[int] = set()
