@@ -51,6 +51,7 @@ from consensus.kvstore import (
     encode_request,
     encode_response,
 )
+from consensus.kvstore.commands import REQUEST_FORMAT, command_from_wire, request_from_wire
 from consensus.kvstore.responses import response_from_wire, response_to_wire
 from consensus.kvstore.settings import INT_MAX
 from consensus.kvstore.snapshot import decode_snapshot
@@ -557,6 +558,56 @@ def _holds_a_response(items: list[Any]) -> bool:
         and (items[7] is None or (type(items[7]) is str and items[7] != ""))
         and type(items[9]) is str
     )
+
+
+_TEXTS = st.text(min_size=1, max_size=6) | st.text(
+    st.characters(codec="ascii"), min_size=1, max_size=6)
+_PLAIN_PUT_REQUESTS = st.builds(
+    lambda client, seq, now, key, value, lease: [
+        REQUEST_FORMAT, client, seq, now, [1, key, value, lease]],
+    _TEXTS, st.integers(1, INT_MAX), _INT, _TEXTS, st.binary(max_size=8),
+    st.none() | st.integers(1, INT_MAX),
+)
+_NOT_VALID_IN_REQUESTS = [*_NOT_VALID, 0, "ключ", "\ud800", [1], [1, "k", b"v", None, None]]
+
+
+def _outcome(decode: Any, items: Any) -> Any:
+    try:
+        decoded = decode(items)
+    except CommandError as exc:
+        return ("refused", str(exc))
+    return ("built", type(decoded), decoded, type(getattr(decoded, "command", None)))
+
+
+@given(items=_PLAIN_PUT_REQUESTS)
+def test_plain_puts_decoded_at_once_equal_the_checked_decoding(items: list[Any]) -> None:
+    # Replicas decode plain puts without the field-by-field checks; each bad value in
+    # each field must still meet the same verdict as on the checked path.
+    variants = [items]
+    for position in range(5):
+        for bad in _NOT_VALID_IN_REQUESTS:
+            variants.append([*items[:position], bad, *items[position + 1:]])
+    for position in range(4):
+        for bad in _NOT_VALID_IN_REQUESTS:
+            command = [*items[4][:position], bad, *items[4][position + 1:]]
+            variants.append([*items[:4], command])
+    for variant in variants:
+        if not _packable(variant):
+            continue  # no bytes decode to it (msgpack strings are valid UTF-8)
+        assert _outcome(decode_request, msgpack.packb(variant)) == _outcome(
+            request_from_wire, variant)
+        if type(variant[4]) is list:
+            assert _outcome(decode_command, msgpack.packb(variant[4])) == _outcome(
+                command_from_wire, variant[4])
+    assert hash(decode_request(msgpack.packb(items))) == hash(request_from_wire(items))
+
+
+def _packable(items: Any) -> bool:
+    try:
+        msgpack.packb(items)
+    except (UnicodeEncodeError, ValueError, TypeError):
+        return False
+    return True
 
 
 GARBAGE: list[tuple[bytes, str]] = [

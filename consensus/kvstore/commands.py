@@ -38,6 +38,7 @@ from operator import attrgetter
 from typing import Any, TypeAlias
 
 from consensus.kvstore.errors import CommandError
+from consensus.kvstore.settings import INT_MAX
 from consensus.kvstore.wire import (
     expect_bytes,
     expect_int,
@@ -70,6 +71,7 @@ __all__ = [
     "decode_request",
     "encode_command",
     "encode_request",
+    "request_from_wire",
 ]
 
 REQUEST_FORMAT = 1
@@ -365,7 +367,8 @@ def encode_command(command: Command) -> bytes:
 
 def decode_command(data: bytes) -> Command:
     """The command in ``data`` (from ``encode_command``); ``CommandError`` for garbage."""
-    return command_from_wire(unpack(data, "command bytes"))
+    items = unpack(data, "command bytes")
+    return _plain_put(items) or command_from_wire(items)
 
 
 def encode_request(request: Request) -> bytes:
@@ -383,7 +386,67 @@ def encode_request(request: Request) -> bytes:
 
 def decode_request(data: bytes) -> Request:
     """The request in ``data`` (from ``encode_request``); ``CommandError`` for garbage."""
-    items = expect_list(unpack(data, "request bytes"), "request", 5)
+    items = unpack(data, "request bytes")
+    return _plain_put_request(items) or request_from_wire(items)
+
+
+def request_from_wire(obj: object) -> Request:
+    """Build a request from its list form, checking every field; ``CommandError``
+    for anything else."""
+    items = expect_list(obj, "request", 5)
     if items[0] != REQUEST_FORMAT or type(items[0]) is not int:
         raise CommandError(f"unknown request format {show(items[0])}, expected {REQUEST_FORMAT}")
     return Request(items[1], items[2], items[3], command_from_wire(items[4]))
+
+
+# -- the common case, decoded at once ----------------------------------------------------
+#
+# Every replica decodes every entry, and nearly every entry is a plain put from a
+# client session. Checked field by field (a function per check, then the
+# dataclasses' own checks) that took 2.9 us of a follower's 14 per write. For
+# those entries the checks below are the same ones, in one expression, and the
+# objects are built without running them again. Anything they do not pass
+# (another command, a non-ASCII text, a bad field) takes the checked path, which
+# accepts or refuses it with its usual error.
+
+_new_object = object.__new__
+_set_field = object.__setattr__
+
+
+def _plain_put(items: Any) -> Put | None:
+    """The ``Put`` that ``command_from_wire(items)`` builds, if ``items`` is a put
+    whose fields pass its checks at once (an ASCII key); otherwise None."""
+    if not (type(items) is list and len(items) == 4 and type(items[0]) is int
+            and items[0] == 1):
+        return None
+    _, key, value, lease_id = items
+    if not (type(key) is str and key and key.isascii() and type(value) is bytes
+            and (lease_id is None or (type(lease_id) is int and 1 <= lease_id <= INT_MAX))):
+        return None
+    put = _new_object(Put)
+    _set_field(put, "key", key)
+    _set_field(put, "value", value)
+    _set_field(put, "lease_id", lease_id)
+    return put
+
+
+def _plain_put_request(items: Any) -> Request | None:
+    """The ``Request`` that ``request_from_wire(items)`` builds, if ``items`` is a
+    plain put from a client session (an ASCII client id); otherwise None."""
+    if not (type(items) is list and len(items) == 5 and type(items[0]) is int
+            and items[0] == REQUEST_FORMAT):
+        return None
+    _, client_id, seq, now_ms, command = items
+    if not (type(client_id) is str and client_id and client_id.isascii()
+            and type(seq) is int and 1 <= seq <= INT_MAX
+            and type(now_ms) is int and 0 <= now_ms <= INT_MAX):
+        return None
+    put = _plain_put(command)
+    if put is None:
+        return None
+    request = _new_object(Request)
+    _set_field(request, "client_id", client_id)
+    _set_field(request, "seq", seq)
+    _set_field(request, "now_ms", now_ms)
+    _set_field(request, "command", put)
+    return request
