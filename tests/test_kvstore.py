@@ -385,6 +385,19 @@ def test_size_limits_answer_too_large_and_change_nothing(command: Command, fragm
     assert state_without_progress(feed.store) == before
 
 
+def test_puts_at_each_limit_are_applied_and_one_past_it_refused() -> None:
+    feed = Feed(KVStore(small_settings()))
+    assert feed.do(Put("four", b"thr")).ok  # key_bytes_max and value_bytes_max exactly
+    assert feed.do(Put("é€", b"v")).error is ErrorCode.TOO_LARGE  # 5 bytes in 2 characters
+    assert feed.do(Put("éa", b"v")).ok  # 3 bytes
+    assert feed.do(Put("four", b"four")).error is ErrorCode.TOO_LARGE
+    assert feed.do(Put("fives", b"v")).error is ErrorCode.TOO_LARGE
+    assert feed.do(Put("new", b"v")).error is ErrorCode.TOO_LARGE  # keys_max reached
+    assert feed.do(Put("four", b"v", 7)).error is ErrorCode.LEASE_NOT_FOUND
+    item = feed.store.get("four")
+    assert item is not None and item.value == b"thr" and item.version == 1
+
+
 def test_count_limits() -> None:
     feed = Feed(KVStore(small_settings()))
     assert feed.do(Put("a", b"1")).ok and feed.do(Put("b", b"1")).ok

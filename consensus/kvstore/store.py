@@ -249,6 +249,14 @@ class KVStore:
     # ---------------------------------------------------------------------- keys
 
     def _put(self, index: int, command: Put) -> Response:
+        key, value, lease_id = command.key, command.value, command.lease_id
+        settings, items = self._settings, self._items
+        # The checks below, at once, for the put that passes them all (nearly every
+        # one): replicas apply every write, and a call per check cost a third of it.
+        if (key.isascii() and len(key) <= settings.key_bytes_max
+                and len(value) <= settings.value_bytes_max and lease_id is None
+                and (key in items or len(items) < settings.keys_max)):
+            return self._write(index, key, value, None)
         refusal = self._check_write(index, command.key, command.value, command.lease_id)
         if refusal is None:
             refusal = self._check_room(index, command.key)
@@ -347,7 +355,7 @@ class KVStore:
         if lease_id is not None:
             self._lease_record(lease_id).keys.add(key)
         self._items[key] = Item(key, value, previous + 1, create_index, index, lease_id)
-        return Response(index, version=previous + 1, previous=previous, lease_id=lease_id)
+        return Response(index, None, previous + 1, previous, lease_id)
 
     def _remove(self, key: str) -> None:
         item = self._items.pop(key)
