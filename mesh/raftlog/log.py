@@ -352,20 +352,28 @@ class DurableLog:
         if start <= self._pos.last:
             self._truncate_suffix(start)
         cache = self._cache
-        pos = self._pos
+        add_position = self._pos.append
         buf = self._buf
+        segment_bytes_max, write_buffer_bytes = self._segment_bytes_max, self._write_buffer_bytes
+        # Every voter appends every entry: the loop keeps the counters in locals and
+        # stores them back before anything that reads them (a roll) and at the end.
+        lsn, offset, segment = self._next_lsn, self._active_size, self._active_seq
+        cached_bytes = 0
         for count, entry in enumerate(entries):
-            if count and self._active_size >= self._segment_bytes_max:
-                self._roll()
-            offset = self._active_size
-            size = encode_entry(buf, self._next_lsn, entry)
-            self._next_lsn += 1
-            self._active_size += size
-            pos.append(entry.index, entry.term, self._active_seq, offset, size)
+            if count and offset >= segment_bytes_max:
+                self._next_lsn, self._active_size = lsn, offset
+                self._roll()  # writes a head and the hard state: more records
+                lsn, offset, segment = self._next_lsn, self._active_size, self._active_seq
+            size = encode_entry(buf, lsn, entry)
+            lsn += 1
+            add_position(entry.index, entry.term, segment, offset, size)
+            offset += size
             cache[entry.index] = entry
-            self._cache_bytes += len(entry.data) + ENTRY_SIZE_OVERHEAD_BYTES
-            if len(buf) >= self._write_buffer_bytes:
+            cached_bytes += len(entry.data)
+            if len(buf) >= write_buffer_bytes:
                 self._flush()
+        self._next_lsn, self._active_size = lsn, offset
+        self._cache_bytes += cached_bytes + ENTRY_SIZE_OVERHEAD_BYTES * len(entries)
         self._evict()
         self._counters["appends"] += 1
         self._counters["entries_appended"] += len(entries)

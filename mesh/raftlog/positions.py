@@ -54,7 +54,7 @@ class Positions:
 
     def append(self, index: int, term: int, segment: int, offset: int, size: int) -> None:
         """Record that entry ``index`` (of ``term``) is at ``offset`` in ``segment``."""
-        assert index == self.last + 1, (index, self.last)
+        assert index == self._first + len(self._offsets), (index, self.last)
         assert not self._terms or term >= self._terms[-1], (term, self._terms[-1])
         self._segments.append(segment)
         self._offsets.append(offset)

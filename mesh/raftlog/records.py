@@ -74,11 +74,17 @@ _U32 = struct.Struct("<I")
 _PREFIX = struct.Struct("<II")  # length, crc
 _TAG = struct.Struct("<QB")  # lsn, type: the start of every body
 _ENTRY = struct.Struct("<QBQQB")  # lsn, type, index, term, kind
+# An entry's frame up to its data, with and without the crc: the crc covers the
+# length and what follows it, so it is computed over the first and stored by the second.
+_ENTRY_CHECKED = struct.Struct("<IQBQQB")  # length, lsn, type, index, term, kind
+_ENTRY_FRAMED = struct.Struct("<IIQBQQB")  # length, crc, lsn, type, index, term, kind
 _STATE = struct.Struct("<QBQQB")  # lsn, type, term, commit, has_vote
 _MARK = struct.Struct("<QBQQ")  # lsn, type, index, term
 _HEAD = struct.Struct("<QBQQQQ")  # lsn, type, seq, last_index, compact_index, compact_term
 
 PREFIX_BYTES = _PREFIX.size
+_ENTRY_TYPE = int(RecordType.ENTRY)
+_crc32 = zlib.crc32
 ENTRY_RECORD_OVERHEAD_BYTES = PREFIX_BYTES + _ENTRY.size
 """Bytes an entry's record takes on disk on top of its data (34)."""
 ENTRY_DATA_BYTES_MAX = 64 << 20
@@ -116,9 +122,16 @@ def _frame(out: bytearray, fixed: bytes, tail: bytes) -> int:
 
 
 def encode_entry(out: bytearray, lsn: int, entry: LogEntry) -> int:
-    """Append ``entry``'s record to ``out``; return its size in bytes."""
-    fixed = _ENTRY.pack(lsn, RecordType.ENTRY, entry.index, entry.term, entry.kind)
-    return _frame(out, fixed, entry.data)
+    """Append ``entry``'s record to ``out``; return its size in bytes.
+
+    The same frame ``_frame`` builds, in two packs and two checksum calls instead
+    of three each: every voter frames every entry."""
+    index, term, kind, data = entry
+    length = _ENTRY.size + len(data)
+    crc = _crc32(data, _crc32(_ENTRY_CHECKED.pack(length, lsn, _ENTRY_TYPE, index, term, kind)))
+    out += _ENTRY_FRAMED.pack(length, crc, lsn, _ENTRY_TYPE, index, term, kind)
+    out += data
+    return PREFIX_BYTES + length
 
 
 def encode_state(out: bytearray, lsn: int, state: HardState) -> int:
