@@ -193,6 +193,9 @@ class KVClient:
         self._leader: Target | None = None
         self._heard: dict[object, float] = {}  # target -> when it last answered anything
         self._attempts: dict[int, _Attempt] = {}  # by call id, for the watchdog
+        # The loop ``run`` runs in, kept: asyncio.get_running_loop() makes a system
+        # call (a fork check), which here cost a write 2 of its 16 us in-process.
+        self._running_loop: asyncio.AbstractEventLoop | None = None
         self.counters = dict.fromkeys(
             ("calls", "attempts", "redirects", "retries_unavailable", "attempt_timeouts",
              "answers_unmatched", "envelopes_sent", "sessions_restarted", "calls_too_large"),
@@ -355,7 +358,7 @@ class KVClient:
         the next, since one answer can make room for many (a new session's first);
         one that finds none goes back to the head of the line and the chain stops.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         first = True
         while (session := self._session_with_room()) is None:
             waiter: asyncio.Future[None] = loop.create_future()
@@ -504,7 +507,7 @@ class KVClient:
         watchdog gives up. The caller awaits it and then forgets the attempt."""
         # A bare future, watched by one watchdog for all calls: a cancel scope, an
         # event or even a timer per call would cost more than the rest of a write.
-        future: asyncio.Future[KVAnswer | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[KVAnswer | None] = self._loop().create_future()
 
         def resolve(answer: KVAnswer | None) -> None:
             if not future.done():
@@ -529,12 +532,19 @@ class KVClient:
                 # Sent by a callback after this loop turn's other callbacks and tasks,
                 # so calls made meanwhile share the envelope, without a task to wake.
                 self._send_queued = True
-                asyncio.get_running_loop().call_soon(self._send_outgoing)
+                self._loop().call_soon(self._send_outgoing)
         return future
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return self._running_loop or asyncio.get_running_loop()
 
     async def run(self) -> None:
         """Watch for silent voters until cancelled (the node, or ``connect``, starts it)."""
-        await self._run_watchdog()
+        self._running_loop = asyncio.get_running_loop()
+        try:
+            await self._run_watchdog()
+        finally:
+            self._running_loop = None
 
     async def _run_watchdog(self) -> None:
         # Give up on a target only after it has been silent for a whole attempt timeout:
