@@ -1,13 +1,14 @@
 """``KVClient``: the async Python API of the replicated KV store, locks and leases.
 
-How this works. Every operation becomes one ``KVCall``. A write gets its
+How this works. Every operation becomes one call: a ``KVCall``, or for a write a
+``PendingWrite`` (its fields, sent in columns with the others). A write gets its
 client's next sequence number once, and keeps it through every retry, so the
 store applies it once whatever happens to the messages. The call goes to the
-voter last known to lead (or, at first, to the first target): over the mesh as a
-``kv.call`` envelope, or straight to this node's own ``RaftService`` when the
-node is a voter. Calls made while the previous ones are on their way are sent
-together, many per envelope (one signature), by a sender task. The answer
-decides what happens next:
+voter last known to lead (or, at first, to the first target): over the mesh in a
+``kv.writes`` or ``kv.call`` envelope, or straight to this node's own
+``RaftService`` when the node is a voter. Calls made while the previous ones are
+on their way are sent together, many per envelope (one signature), by a loop
+callback. The answer decides what happens next:
 
 - ``ok``: done (a write's ``Response`` may still be a refusal, e.g. a failed
   compare-and-set; that is an answer, not an error);
@@ -67,9 +68,8 @@ from mesh.kv_messages import (
     KVItem,
     KVLock,
     KVWritten,
+    PendingWrite,
     ReadOp,
-    ok_answer,
-    write_call,
     writes_payloads,
 )
 
@@ -92,7 +92,10 @@ class KVInvalid(KVError):
     """The cluster refused the request as malformed; retrying will not help."""
 
 
-_Calls = list[KVCall]  # ``list`` alone would name the method ``KVClient.list`` in the class
+_Calls = list[KVCall | PendingWrite]  # ``list`` alone would name KVClient.list in the class
+_Answer = KVAnswer | bytes
+"""What a call gets: a ``KVAnswer``, or the encoded ``Response`` of an applied write
+(answered in columns: nothing else to say, so no answer object is built for it)."""
 
 
 _SESSION_RESTARTS_MAX = 3
@@ -139,7 +142,7 @@ class _Session:
 
 @dataclass(slots=True)
 class _Attempt:
-    resolve: Callable[[KVAnswer | None], None]
+    resolve: Callable[[_Answer | None], None]
     target: object
     silence_s: float
     give_up_at: float
@@ -187,8 +190,8 @@ class KVClient:
         self._freed_session: _Session | None = None
         self._call_ids = itertools.count(1)
         self._session_numbers = itertools.count()
-        self._waiting: dict[int, Callable[[KVAnswer | None], None]] = {}
-        self._outgoing: dict[str | bytes, list[KVCall]] = {}
+        self._waiting: dict[int, Callable[[_Answer | None], None]] = {}
+        self._outgoing: dict[str | bytes, _Calls] = {}
         self._send_queued = False  # a callback will send what _outgoing holds
         self._leader: Target | None = None
         self._heard: dict[object, float] = {}  # target -> when it last answered anything
@@ -262,8 +265,7 @@ class KVClient:
             raise ValueError(f"{len(keys)} keys, more than {GET_MANY_KEYS_MAX} in one read")
         if not keys:
             return []
-        answer = await self._call({"read": "get_many", "keys": list(keys)})
-        return answer.items
+        return (await self._read_call({"read": "get_many", "keys": list(keys)})).items
 
     async def list(
         self, prefix: str = "", *, limit: int = 1000, start_after: str | None = None
@@ -332,8 +334,9 @@ class KVClient:
                 self._freed_session = session
                 if self._room_waiters:
                     self._wake_one_waiter()
-            assert answer.response is not None, answer
-            response = decode_response(answer.response)
+            encoded = answer if isinstance(answer, bytes) else answer.response
+            assert encoded is not None, answer
+            response = decode_response(encoded)
             if response.error is not ErrorCode.SESSION_EXPIRED:
                 return response
             # The store dropped (or never had) this session and applied nothing:
@@ -410,10 +413,15 @@ class KVClient:
 
     async def _read(self, read: ReadOp, key: str, *, limit: int = 1000,
                     start_after: str | None = None) -> KVAnswer:
-        return await self._call({"read": read, "key": key, "limit": limit,
-                                 "start_after": start_after})
+        return await self._read_call({"read": read, "key": key, "limit": limit,
+                                      "start_after": start_after})
 
-    async def _call(self, fields: dict[str, object]) -> KVAnswer:
+    async def _read_call(self, fields: dict[str, object]) -> KVAnswer:
+        answer = await self._call(fields)
+        assert isinstance(answer, KVAnswer), answer  # only applied writes come as bytes
+        return answer
+
+    async def _call(self, fields: dict[str, object]) -> _Answer:
         self.counters["calls"] += 1
         config = self._config
         deadline = time.monotonic() + config.client_timeout_ms / 1000
@@ -442,6 +450,9 @@ class KVClient:
             finally:
                 del self._attempts[call.call_id]
                 self._waiting.pop(call.call_id, None)
+            if isinstance(answer, bytes):  # an applied write
+                self._leader = target
+                return answer
             if answer is None:
                 silent += 1
                 self.counters["attempt_timeouts"] += 1
@@ -482,14 +493,14 @@ class KVClient:
             raise KVUnavailable("no voter to ask: the cluster lists none")
         return itertools.cycle(targets)
 
-    def _new_call(self, fields: dict[str, object]) -> KVCall:
+    def _new_call(self, fields: dict[str, object]) -> KVCall | PendingWrite:
         call_id = next(self._call_ids)
         if "command" not in fields:
             return KVCall(call_id=call_id, client_id=self.client_id, **fields)
         # Writes are the hot path, and their fields are ours and checked (``write``).
         client_id, seq, command = fields["client_id"], fields["seq"], fields["command"]
         assert type(client_id) is str and type(seq) is int and type(command) is bytes
-        return write_call(call_id, client_id, seq, command)
+        return PendingWrite(call_id, client_id, seq, command)
 
     def _leader_target(self, answer: KVAnswer) -> Target | None:
         if answer.leader_id is not None and answer.leader_id == self._node.node_id:
@@ -501,15 +512,15 @@ class KVClient:
         return None
 
     def _start_attempt(
-        self, target: Target, call: KVCall, silence_s: float, timeout_s: float
-    ) -> asyncio.Future[KVAnswer | None]:
+        self, target: Target, call: KVCall | PendingWrite, silence_s: float, timeout_s: float
+    ) -> asyncio.Future[_Answer | None]:
         """Send ``call`` to ``target``; the future gets its answer, or None once the
         watchdog gives up. The caller awaits it and then forgets the attempt."""
         # A bare future, watched by one watchdog for all calls: a cancel scope, an
         # event or even a timer per call would cost more than the rest of a write.
-        future: asyncio.Future[KVAnswer | None] = self._loop().create_future()
+        future: asyncio.Future[_Answer | None] = self._loop().create_future()
 
-        def resolve(answer: KVAnswer | None) -> None:
+        def resolve(answer: _Answer | None) -> None:
             if not future.done():
                 future.set_result(answer)
 
@@ -519,7 +530,11 @@ class KVClient:
         )
         if isinstance(target, _Local):
             assert self._local is not None
-            self._local.submit(call, resolve)
+            if isinstance(call, PendingWrite):
+                self._local.submit_write(*call, resolve,
+                                         lambda _call_id, response: resolve(response))
+            else:
+                self._local.submit(call, resolve)
         else:
             self._waiting[call.call_id] = resolve
             queued = self._outgoing.setdefault(target, [])
@@ -583,17 +598,21 @@ class KVClient:
                                        attach_certificate=True)
             except MessageTooLarge:
                 self._send_one_by_one(target, writes)
-        reads = [call for call in calls if call.command is None] if len(writes) < len(calls) else []
+        reads = ([call for call in calls if isinstance(call, KVCall)]
+                 if len(writes) < len(calls) else [])
         if reads:
             try:
                 self._node.send_nowait(target, KV_CALL, reads, attach_certificate=True)
             except MessageTooLarge:
                 self._send_one_by_one(target, reads)
 
-    def _send_one_by_one(self, target: str | bytes, calls: _Calls) -> None:
+    def _send_one_by_one(self, target: str | bytes,
+                         calls: Sequence[KVCall | PendingWrite]) -> None:
         for call in calls:  # find the call no envelope can hold; send the others
             try:
-                self._node.send_nowait(target, KV_CALL, [call], attach_certificate=True)
+                self._node.send_nowait(
+                    target, KV_CALL, [call.as_call() if isinstance(call, PendingWrite) else call],
+                    attach_certificate=True)
             except MessageTooLarge as exc:
                 self.counters["calls_too_large"] += 1
                 resolve = self._waiting.pop(call.call_id, None)
@@ -612,7 +631,7 @@ class KVClient:
         for written in inbound.envelope.payloads:
             assert isinstance(written, KVWritten)
             for call_id, response in zip(written.call_ids, written.responses, strict=True):
-                self._resolve(call_id, ok_answer(call_id, response), now)
+                self._resolve(call_id, response, now)
 
     def _note_heard(self, inbound: Inbound) -> float:
         now = time.monotonic()
@@ -621,7 +640,7 @@ class KVClient:
             self._heard[inbound.route.address] = now
         return now
 
-    def _resolve(self, call_id: int, answer: KVAnswer, now: float) -> None:
+    def _resolve(self, call_id: int, answer: _Answer, now: float) -> None:
         resolve = self._waiting.get(call_id)
         if resolve is None:
             self.counters["answers_unmatched"] += 1

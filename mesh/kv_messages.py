@@ -26,7 +26,7 @@ malformed and retrying will not help; ``detail`` says why).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -45,6 +45,7 @@ __all__ = [
     "KVLock",
     "KVWrites",
     "KVWritten",
+    "PendingWrite",
     "ReadOp",
     "ok_answer",
     "write_call",
@@ -185,7 +186,24 @@ def ok_answer(call_id: int, response: bytes) -> KVAnswer:
     })
 
 
-def writes_payloads(calls: Sequence[KVCall], bytes_max: int) -> list[KVWrites]:
+class PendingWrite(NamedTuple):
+    """A write a client has yet to send: the fields its ``KVCall`` would have.
+
+    Writes leave in columns (``writes_payloads``), so a client queues them as
+    these and builds a ``KVCall`` (``as_call``) only for one that must go alone.
+    """
+
+    call_id: int
+    client_id: str
+    seq: int
+    command: bytes
+
+    def as_call(self) -> KVCall:
+        """This write as a ``KVCall``."""
+        return write_call(self.call_id, self.client_id, self.seq, self.command)
+
+
+def writes_payloads(calls: Sequence[PendingWrite | KVCall], bytes_max: int) -> list[KVWrites]:
     """``calls`` (writes) in columns, split so that no payload holds more than
     ``WRITES_PER_PAYLOAD_MAX`` writes or, unless a single write does, more than
     ``bytes_max`` bytes of commands."""

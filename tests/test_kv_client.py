@@ -13,7 +13,7 @@ from conftest import LocalCluster
 from consensus.kvstore import ErrorCode
 from mesh.identity import read_private_key
 from mesh.kv_client import KVClient, KVInvalid, _Session
-from mesh.kv_messages import GET_MANY_KEYS_MAX, KV_CALL, KV_WRITES, KVCall
+from mesh.kv_messages import GET_MANY_KEYS_MAX, KV_CALL, KV_WRITES, KVCall, PendingWrite
 from mesh.layout import NODE_KEY
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,7 +48,9 @@ def test_a_write_call_built_without_validation_equals_the_validated_one() -> Non
     client.client_id = "c"
     client._call_ids = itertools.count(7)
     fields: dict[str, object] = {"command": b"\x93\x01", "seq": 3, "client_id": "c/0"}
-    built = client._new_call(fields)
+    pending = client._new_call(fields)
+    assert isinstance(pending, PendingWrite)
+    built = pending.as_call()
     assert built == KVCall(call_id=7, client_id="c/0", seq=3, command=b"\x93\x01")
     assert built.model_dump() == KVCall.model_validate(built.model_dump()).model_dump()
 
