@@ -55,6 +55,7 @@ from consensus.kvstore import (
     decode_command,
     encode_request,
     encode_response,
+    session_request,
 )
 from consensus.raft import MESSAGE_KINDS, ConfState, EntryKind, RaftNode, Ready, Role
 from consensus.raft.messages import APPEND, HEARTBEAT, SNAPSHOT
@@ -209,22 +210,38 @@ class RaftService:
         columns, and building a call each would cost more than proposing it).
         ``written``, if given, takes the answer of an applied write instead of
         ``answer``: its call id and encoded response, without a ``KVAnswer``."""
-        self.counters["calls"] += 1
-        if self._full(call_id, answer):
-            return
-        self._submit_write(_Writer(call_id, client_id, seq), command, answer, written)
+        self.submit_writes((call_id,), (client_id,), (seq,), (command,), answer, written)
+
+    def submit_writes(self, call_ids: Sequence[int], client_ids: Sequence[str],
+                      seqs: Sequence[int], commands: Sequence[bytes], answer: AnswerCallback,
+                      written: WrittenCallback | None = None) -> None:
+        """Serve writes given in columns (a ``KVWrites``'s), as ``submit_write`` would
+        one by one: every write proposed here is stamped with the same time."""
+        self.counters["calls"] += len(call_ids)
+        now_ms, since = _wall_ms(), time.monotonic()
+        limit, reads = self._config.calls_pending_max, self._reads
+        for call_id, client_id, seq, command in zip(
+                call_ids, client_ids, seqs, commands, strict=True):
+            if len(self._writes) + len(reads) >= limit:
+                self._refuse_full(call_id, answer)
+                continue
+            self._submit_write(_Writer(call_id, client_id, seq), command, answer, written,
+                               now_ms, since)
         self._kick()
 
     def _full(self, call_id: int, answer: AnswerCallback) -> bool:
         if len(self._writes) + len(self._reads) < self._config.calls_pending_max:
             return False
+        self._refuse_full(call_id, answer)
+        return True
+
+    def _refuse_full(self, call_id: int, answer: AnswerCallback) -> None:
         self.counters["calls_refused_busy"] += 1
         answer(KVAnswer(call_id=call_id, status="unavailable",
                         detail="this voter holds calls_pending_max requests already"))
-        return True
 
     def _submit_write(self, writer: _Writer, command: bytes, answer: AnswerCallback,
-                      written: WrittenCallback | None = None) -> None:
+                      written: WrittenCallback | None, now_ms: int, since: float) -> None:
         raft = self.raft
         if raft.role is not Role.LEADER:
             self._redirect(writer.call_id, answer)
@@ -237,7 +254,8 @@ class RaftService:
             waiting.call, waiting.answer, waiting.written = writer, answer, written
             return
         try:
-            request = Request(writer.client_id, writer.seq, _wall_ms(), decode_command(command))
+            request = session_request(writer.client_id, writer.seq, now_ms,
+                                      decode_command(command))
         except CommandError as exc:
             self._invalid(writer.call_id, answer, str(exc))
             return
@@ -252,7 +270,7 @@ class RaftService:
             answer(KVAnswer(call_id=writer.call_id, status="unavailable",
                             detail="the leader is busy (uncommitted bytes) or transferring"))
             return
-        self._writes[index] = _Waiting(writer, answer, time.monotonic(), data, request, written)
+        self._writes[index] = _Waiting(writer, answer, since, data, request, written)
         if writer.client_id:
             self._proposed[session] = index
 

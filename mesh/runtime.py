@@ -392,13 +392,10 @@ class Node:
             columns[0].append(call_id)
             columns[1].append(response)
 
-        submit_write = self.raft.submit_write
         for writes in inbound.envelope.payloads:
             assert isinstance(writes, KVWrites)
-            for call_id, client_id, seq, command in zip(
-                writes.call_ids, writes.client_ids, writes.seqs, writes.commands, strict=True
-            ):
-                submit_write(call_id, client_id, seq, command, answer, written)
+            self.raft.submit_writes(writes.call_ids, writes.client_ids, writes.seqs,
+                                    writes.commands, answer, written)
         self.flush_kv_answers()
 
     def flush_kv_answers(self) -> None:

@@ -51,7 +51,12 @@ from consensus.kvstore import (
     encode_request,
     encode_response,
 )
-from consensus.kvstore.commands import REQUEST_FORMAT, command_from_wire, request_from_wire
+from consensus.kvstore.commands import (
+    REQUEST_FORMAT,
+    command_from_wire,
+    request_from_wire,
+    session_request,
+)
 from consensus.kvstore.responses import response_from_wire, response_to_wire
 from consensus.kvstore.settings import INT_MAX
 from consensus.kvstore.snapshot import decode_snapshot
@@ -613,6 +618,20 @@ def test_plain_puts_decoded_at_once_equal_the_checked_decoding(items: list[Any])
             assert _outcome(decode_command, msgpack.packb(variant[4])) == _outcome(
                 command_from_wire, variant[4])
     assert hash(decode_request(msgpack.packb(items))) == hash(request_from_wire(items))
+
+
+@given(client=_TEXTS, seq=st.integers(1, INT_MAX), now=_INT)
+def test_a_session_request_built_at_once_equals_the_checked_one(
+    client: str, seq: int, now: int,
+) -> None:
+    fields: list[Any] = [client, seq, now, Put("k", b"v")]
+    for position in range(4):
+        for bad in [*_NOT_VALID_IN_REQUESTS, Request("c", 1, 0, Tick())]:
+            variant = [*fields[:position], bad, *fields[position + 1:]]
+            assert _outcome(lambda v: session_request(*v), variant) == _outcome(
+                lambda v: Request(*v), variant)
+    assert _outcome(lambda v: session_request(*v), fields) == _outcome(
+        lambda v: Request(*v), fields)
 
 
 def _packable(items: Any) -> bool:

@@ -5,7 +5,8 @@ writes are answered, and a storage failure met while carrying out a Ready ends
 the node with that error instead of being lost in the event loop's exception
 handler. Both ways a Ready is carried out outside ``run`` are covered: by a
 queued callback (writes from the node's own client) and at the end of a batch
-of received frames (writes from a client over the network).
+of received frames (writes from a client over the network). Writes beyond
+``calls_pending_max`` are refused as busy, and the client's retries apply each once.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def single_voter(node_dir: Path) -> Node:
+def single_voter(node_dir: Path, **raft: object) -> Node:
     identity = Identity.generate()
     certificate = AUTHORITY.issue(name="voter", public_key=identity.public_key, roles=["node"],
                                   not_after=int(time.time()) + 3600)
     config = NodeConfig(name="voter", raft={"voters": [identity.node_id_hex],
                                             "election_timeout_ms": 300,
-                                            "heartbeat_interval_ms": 30})
+                                            "heartbeat_interval_ms": 30, **raft})
     node_dir.mkdir(parents=True, exist_ok=True)
     return Node(config=config, identity=identity, certificate=certificate,
                 authority_public_key=AUTHORITY.public_key, node_dir=node_dir)
@@ -93,3 +94,23 @@ async def test_writes_are_answered_and_a_storage_failure_ends_the_node(
                     raise AssertionError("a write was acknowledged without its fsync")
                 await anyio.sleep_forever()  # the node's own failure ends this block
     assert raised.group_contains(StorageFailed, match="injected by the test")
+
+
+async def test_writes_past_calls_pending_max_are_refused_then_retried_and_applied_once(
+    tmp_path: Path,
+) -> None:
+    node = single_voter(tmp_path / "voter", calls_pending_max=4, client_retry_interval_ms=5)
+    async with node.running(), network_client(node) as kv:
+        results: dict[int, int] = {}
+
+        async def put(number: int) -> None:
+            results[number] = (await kv.put(f"k/{number}", b"v")).version
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for number in range(60):  # one batch, far more than four pending
+                    tg.start_soon(put, number)
+        raft = node.raft
+        assert raft is not None and raft.counters["calls_refused_busy"] > 0
+        assert results == dict.fromkeys(range(60), 1)  # each applied once
+        assert len(raft.kv) == 60

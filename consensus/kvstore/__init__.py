@@ -36,6 +36,7 @@ from consensus.kvstore.commands import (
     decode_request,
     encode_command,
     encode_request,
+    session_request,
 )
 from consensus.kvstore.errors import CommandError, KVStoreError, SnapshotError
 from consensus.kvstore.responses import ErrorCode, Response, decode_response, encode_response
@@ -73,4 +74,5 @@ __all__ = [
     "encode_command",
     "encode_request",
     "encode_response",
+    "session_request",
 ]

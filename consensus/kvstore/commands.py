@@ -72,6 +72,7 @@ __all__ = [
     "encode_command",
     "encode_request",
     "request_from_wire",
+    "session_request",
 ]
 
 REQUEST_FORMAT = 1
@@ -436,17 +437,26 @@ def _plain_put_request(items: Any) -> Request | None:
     if not (type(items) is list and len(items) == 5 and type(items[0]) is int
             and items[0] == REQUEST_FORMAT):
         return None
-    _, client_id, seq, now_ms, command = items
+    put = _plain_put(items[4])
+    return None if put is None else _session_request(items[1], items[2], items[3], put)
+
+
+def session_request(client_id: str, seq: int, now_ms: int, command: Command) -> Request:
+    """``Request(client_id, seq, now_ms, command)``, built at once when a session's
+    fields pass the checks at once (the leader builds one per write it proposes)."""
+    return (_session_request(client_id, seq, now_ms, command)
+            or Request(client_id, seq, now_ms, command))
+
+
+def _session_request(client_id: Any, seq: Any, now_ms: Any, command: Any) -> Request | None:
     if not (type(client_id) is str and client_id and client_id.isascii()
             and type(seq) is int and 1 <= seq <= INT_MAX
-            and type(now_ms) is int and 0 <= now_ms <= INT_MAX):
-        return None
-    put = _plain_put(command)
-    if put is None:
+            and type(now_ms) is int and 0 <= now_ms <= INT_MAX
+            and type(command) in _TAG_BY_CLASS):
         return None
     request = _new_object(Request)
     _set_field(request, "client_id", client_id)
     _set_field(request, "seq", seq)
     _set_field(request, "now_ms", now_ms)
-    _set_field(request, "command", put)
+    _set_field(request, "command", command)
     return request
