@@ -252,7 +252,7 @@ class KVStore:
         key, value, lease_id = command.key, command.value, command.lease_id
         settings, items = self._settings, self._items
         # The checks below, at once, for the put that passes them all (nearly every
-        # one): replicas apply every write, and a call per check cost a third of it.
+        # one): replicas apply every write, and a call per check cost a tenth of it.
         if (key.isascii() and len(key) <= settings.key_bytes_max
                 and len(value) <= settings.value_bytes_max and lease_id is None
                 and (key in items or len(items) < settings.keys_max)):
