@@ -590,7 +590,7 @@ class KVClient:
         # The certificate rides along on every batch: a voter that restarted, or
         # never met this client, could not check the signature otherwise, and it
         # costs a few hundred bytes per batch of calls.
-        writes = [call for call in calls if call.command is not None]
+        writes = [call for call in calls if isinstance(call, PendingWrite)]
         if writes:
             budget = self._node.config.envelope.envelope_size_bytes_max // 2
             try:

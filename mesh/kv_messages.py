@@ -203,12 +203,12 @@ class PendingWrite(NamedTuple):
         return write_call(self.call_id, self.client_id, self.seq, self.command)
 
 
-def writes_payloads(calls: Sequence[PendingWrite | KVCall], bytes_max: int) -> list[KVWrites]:
-    """``calls`` (writes) in columns, split so that no payload holds more than
+def writes_payloads(calls: Sequence[PendingWrite], bytes_max: int) -> list[KVWrites]:
+    """``calls`` in columns, split so that no payload holds more than
     ``WRITES_PER_PAYLOAD_MAX`` writes or, unless a single write does, more than
     ``bytes_max`` bytes of commands."""
     payloads: list[KVWrites] = []
-    for chunk in _chunks([len(call.command or b"") for call in calls], bytes_max):
+    for chunk in _chunks([len(call.command) for call in calls], bytes_max):
         part = calls[chunk.start : chunk.stop]
         payloads.append(trusted(KVWrites, {
             "call_ids": [call.call_id for call in part],

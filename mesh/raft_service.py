@@ -23,9 +23,10 @@ Ready that leaves, or with ``fsync_on_thread``:
    ``snapshot_interval_entries``.
 
 Clients reach it through ``submit`` with a ``KVCall`` (from the network, or from
-this node's own ``KVClient``) and a callback for the ``KVAnswer``. Writes are
-stamped with the leader's wall clock and proposed; the answer is sent when the
-entry is applied here. Reads go through ReadIndex. Every pending call is bounded
+this node's own ``KVClient``) and a callback for the ``KVAnswer``, or through
+``submit_writes`` with the columns of a ``KVWrites`` (``submit_write`` for one).
+Writes are stamped with the leader's wall clock and proposed; the answer is sent
+when the entry is applied here. Reads go through ReadIndex. Every pending call is bounded
 (``calls_pending_max``) and expires (``call_timeout_ms``); a leader that loses its
 leadership answers its pending writes ``unavailable`` so their clients retry at
 the new leader with the same sequence number, and the store's sessions apply

@@ -15,6 +15,7 @@ from mesh.kv_messages import (
     KVCall,
     KVWrites,
     KVWritten,
+    PendingWrite,
     ok_answer,
     write_call,
     writes_payloads,
@@ -42,11 +43,13 @@ def test_columns_are_bounded_and_checked_item_by_item() -> None:
 
 
 def test_payloads_built_without_validation_equal_the_validated_ones() -> None:
+    pending = PendingWrite(7, "c/0", 3, b"\x93\x01")
     call = write_call(7, "c/0", 3, b"\x93\x01")
     assert call == KVCall(call_id=7, client_id="c/0", seq=3, command=b"\x93\x01")
+    assert pending.as_call() == call
     answer = ok_answer(7, b"\x92\x00")
     assert answer == KVAnswer(call_id=7, status="ok", response=b"\x92\x00")
-    writes = writes_payloads([call], 1024)
+    writes = writes_payloads([pending], 1024)
     assert writes == [KVWrites.model_validate(writes[0].model_dump())]
     written = written_payloads([7], [b"\x92\x00"], 1024)
     assert written == [KVWritten.model_validate(written[0].model_dump())]
@@ -56,7 +59,7 @@ def test_payloads_built_without_validation_equal_the_validated_ones() -> None:
 def test_a_batch_splits_in_order_within_the_budget_unless_one_write_exceeds_it(
     sizes: list[int], budget: int,
 ) -> None:
-    calls = [write_call(i, f"c/{i % 3}", i + 1, b"x" * size) for i, size in enumerate(sizes)]
+    calls = [PendingWrite(i, f"c/{i % 3}", i + 1, b"x" * size) for i, size in enumerate(sizes)]
     payloads = writes_payloads(calls, budget)
     assert [i for p in payloads for i in p.call_ids] == list(range(len(sizes)))
     assert [c for p in payloads for c in p.commands] == [c.command for c in calls]
@@ -73,7 +76,7 @@ def test_a_batch_splits_in_order_within_the_budget_unless_one_write_exceeds_it(
 
 def test_a_batch_of_more_writes_than_one_payload_holds_is_split_by_count() -> None:
     count = WRITES_PER_PAYLOAD_MAX * 2 + 1
-    calls = [write_call(i, "c/0", i + 1, b"") for i in range(count)]
+    calls = [PendingWrite(i, "c/0", i + 1, b"") for i in range(count)]
     payloads = writes_payloads(calls, 1 << 20)
     assert [len(p.call_ids) for p in payloads] == [WRITES_PER_PAYLOAD_MAX,
                                                    WRITES_PER_PAYLOAD_MAX, 1]
