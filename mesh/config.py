@@ -97,7 +97,7 @@ class EnvelopeConfig(_Section):
 
 
 class TransportConfig(_Section):
-    """ZeroMQ socket settings: queues, frame limits and reconnection."""
+    """ZeroMQ socket settings (queues, frame limits, reconnection) and the TCP lanes beside them."""
 
     send_queue_messages_max: int = Field(
         10_000,
@@ -121,7 +121,7 @@ class TransportConfig(_Section):
         64 * _MIB,
         ge=1024,
         description="ZeroMQ's own frame limit (MAXMSGSIZE): a peer sending a larger frame is "
-        "disconnected by ZeroMQ before the node sees it. Frames between "
+        "disconnected by ZeroMQ before the node sees it (a lane is closed). Frames between "
         "envelope_size_bytes_max and this are received and counted as 'too_large'.",
     )
     send_timeout_ms: int = Field(
@@ -131,7 +131,10 @@ class TransportConfig(_Section):
         "envelope is dropped and counted.",
     )
     reconnect_interval_ms: int = Field(
-        100, ge=1, description="First delay before ZeroMQ reconnects a lost connection."
+        100,
+        ge=1,
+        description="First delay before ZeroMQ reconnects a lost connection (and before a "
+        "broken lane is asked for again).",
     )
     reconnect_interval_max_ms: int = Field(
         5_000,
@@ -143,6 +146,33 @@ class TransportConfig(_Section):
         ge=1,
         description="Outbound connections (one per peer address) kept open at once; beyond "
         "it the least recently used connection is closed.",
+    )
+    lanes: bool = Field(
+        True,
+        description="Carry frames to a peer over a direct TCP lane beside its ZeroMQ "
+        "connection once both ends agree (mesh/lane.py): one thread wake-up per hop instead "
+        "of three. Off: everything goes through ZeroMQ.",
+    )
+    lane_write_buffer_bytes_max: int = Field(
+        16 * _MIB,
+        ge=64 * 1024,
+        description="Bytes waiting to be written on one lane beyond which sends to it stop: "
+        "an awaited send waits up to send_timeout_ms, others are dropped and counted.",
+    )
+    lane_held_frames_max: int = Field(
+        10_000,
+        ge=1,
+        description="Frames a listener holds on a new lane until the sender's barrier "
+        "arrives through ZeroMQ; a lane that sends more is closed.",
+    )
+    lane_connect_timeout_ms: int = Field(
+        1_000, ge=1, description="How long opening a lane's TCP connection may take."
+    )
+    lane_answer_timeout_ms: int = Field(
+        2_000,
+        ge=1,
+        description="How long to wait for a peer's answer to a lane request before asking "
+        "again on a later send.",
     )
 
 

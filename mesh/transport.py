@@ -20,6 +20,11 @@ that make frames readable without a new signal (a reader would then sleep until
 unrelated traffic arrived). The same descriptor signals room to send again,
 which wakes an awaited ``send`` waiting on a full queue.
 
+Once serving, frames to a peer move to a direct TCP lane when both ends have
+one (``mesh/lane.py``): the ZeroMQ connection stays for asking, for the barrier
+that keeps frames in order across the switch, and as the fallback while a lane
+is down.
+
 Sends never block the node: a full queue (ZeroMQ's high-water mark) makes an
 awaited send wait up to ``send_timeout_ms``, then the frame is dropped and
 counted; ``send_nowait`` drops at once. Nothing received can raise out of the
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +47,17 @@ from anyio.abc import TaskStatus
 
 from mesh.config import TransportConfig
 from mesh.errors import TransportError
+from mesh.lane import (
+    ASK,
+    BARRIER,
+    HELLO,
+    MARKER,
+    PORT,
+    TOKEN_BYTES,
+    LaneError,
+    LaneProtocol,
+    parse_port,
+)
 
 __all__ = ["InboundFrame", "Route", "Transport", "TransportCounters"]
 
@@ -54,12 +71,14 @@ class Route:
     ``identity`` is the ROUTER identity of the connection (for frames received on
     the listening socket); ``address`` is the peer address of the DEALER the
     frame arrived on (replies to our own requests). ``delimiter`` records a
-    REQ-style empty frame that must be echoed in a reply.
+    REQ-style empty frame that must be echoed in a reply. ``lane`` is the lane
+    connection a frame came by (answers go back on it).
     """
 
     identity: bytes | None = None
     address: str | None = None
     delimiter: bool = False
+    lane: LaneProtocol | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +100,12 @@ class TransportCounters:
     dropped_closed: int = 0
     connections_opened: int = 0
     connections_evicted: int = 0
+    lanes_opened: int = 0  # outbound lanes that came up
+    lanes_failed: int = 0  # outbound lanes that could not connect, or broke
+    lanes_accepted: int = 0  # inbound lanes released by their barrier
+    lanes_refused: int = 0  # inbound lanes closed: bad framing, too many, too much held
+    lane_frames_sent: int = 0
+    lane_frames_received: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Counters as a plain mapping."""
@@ -99,9 +124,17 @@ class _Watched:
     drain_queued: bool = False  # a drain is scheduled with call_soon
     room: anyio.Event | None = None  # set when the socket can take frames again
     closed: bool = False
+    # The lane to this peer (DEALERs only): its state, and when to ask again.
+    lane: LaneProtocol | None = None
+    lane_state: int = 0  # _LANE_IDLE, _LANE_ASKED, _LANE_CONNECTING or _LANE_OPEN
+    lane_since: float = 0.0  # loop time of the last ask
+    lane_retry_at: float = 0.0  # loop time before which no ask is sent
+    lane_backoff_s: float = 0.0
 
 
 FrameHandler = Callable[[list[InboundFrame]], None]
+
+_LANE_IDLE, _LANE_ASKED, _LANE_CONNECTING, _LANE_OPEN = range(4)
 
 _UNWATCHED_RETRY_S = 0.005
 """How often an awaited send retries a full queue while ``serve`` is not running
@@ -123,6 +156,12 @@ class Transport:
         self._failed: anyio.Event | None = None
         self._closed = False
         self.bound_address: str | None = None
+        self._lane_tasks: anyio.abc.TaskGroup | None = None
+        self._lane_server: asyncio.AbstractServer | None = None
+        self._lane_port: int | None = None
+        self._inbound_lanes: set[LaneProtocol] = set()
+        self._lanes_by_token: dict[bytes, LaneProtocol] = {}
+        self._barriers_early: OrderedDict[bytes, None] = OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -151,15 +190,20 @@ class Transport:
         self._loop = asyncio.get_running_loop()
         failed = self._failed = anyio.Event()
         try:
-            if self._listener is not None:
-                self._watch(self._listener)
-            for connection in self._connections.values():
-                self._watch(connection)
-            task_status.started()
-            await failed.wait()
+            async with anyio.create_task_group() as lane_tasks:
+                await self._listen_for_lanes()
+                self._lane_tasks = lane_tasks
+                if self._listener is not None:
+                    self._watch(self._listener)
+                for connection in self._connections.values():
+                    self._watch(connection)
+                task_status.started()
+                await failed.wait()
+                lane_tasks.cancel_scope.cancel()
             assert self._failure is not None
             raise self._failure
         finally:
+            self._lane_tasks = None
             self.close()
             self._loop = None
 
@@ -177,6 +221,10 @@ class Transport:
         for each in watched:
             self._stop_watching(each)
         self._connections.clear()
+        if self._lane_server is not None:
+            self._lane_server.close()
+        for lane in list(self._inbound_lanes):
+            lane.abort()
         self._context.destroy(linger=0)
 
     # -- sending ---------------------------------------------------------------
@@ -214,6 +262,18 @@ class Transport:
 
     def reply(self, route: Route, frame: bytes) -> bool:
         """Send ``frame`` back along ``route``; False (and counted) if it cannot go."""
+        lane = route.lane
+        if lane is not None:
+            if lane.closed or self._closed:
+                self.counters.dropped_closed += 1
+                return False
+            if lane.paused:
+                self.counters.dropped_queue_full += 1
+                return False
+            lane.write(frame)
+            self.counters.frames_sent += 1
+            self.counters.lane_frames_sent += 1
+            return True
         if route.identity is None:
             assert route.address is not None, route
             return self.send_nowait(route.address, frame)
@@ -287,6 +347,16 @@ class Transport:
         return connection
 
     def _try_send(self, connection: _Watched, frame: bytes) -> bool:
+        lane = connection.lane
+        if lane is not None:
+            if lane.paused:
+                return False
+            lane.write(frame)
+            self.counters.frames_sent += 1
+            self.counters.lane_frames_sent += 1
+            return True
+        if connection.lane_state == _LANE_IDLE or connection.lane_state == _LANE_ASKED:
+            self._ask_for_lane(connection)
         try:
             # Always copied: a zero-copy send hands the buffer's release to pyzmq's
             # garbage thread, whose grabs of the GIL stall the event loop far longer
@@ -300,6 +370,8 @@ class Transport:
 
     def _retire(self, connection: _Watched) -> None:
         self._stop_watching(connection)
+        if connection.lane is not None:
+            connection.lane.abort()
         connection.socket.close(linger=0)
 
     def _stop_watching(self, watched: _Watched) -> None:
@@ -352,20 +424,27 @@ class Transport:
         try:
             self._drain_once(reader)
         except Exception as exc:  # a bug in a frame handler: end serve with it
-            if self._failure is None and self._failed is not None:
-                self._failure = exc
-                self._failed.set()
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self._failure is None and self._failed is not None:
+            self._failure = exc
+            self._failed.set()
 
     def _drain_once(self, reader: _Watched) -> None:
         socket = reader.socket
         batch_max = self.config.receive_batch_frames_max
         batch: list[InboundFrame] = []
+        control_parts = 4 if reader.address is None else 3
         try:
             while len(batch) < batch_max:
                 try:
                     parts = socket.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                if len(parts) == control_parts and parts[-3] == MARKER:
+                    self._lane_control(reader, parts, batch)
+                    continue
                 batch.append(_inbound(parts, reader.address))
             # Read once the socket is empty (or the batch full): this re-arms the
             # descriptor, and POLLIN now means frames are left or came meanwhile.
@@ -379,6 +458,212 @@ class Transport:
             self._on_frames(batch)
         if events & zmq.POLLIN:
             self._queue_drain(reader)  # let other callbacks run first
+
+
+    # -- lanes -------------------------------------------------------------------
+
+    async def _listen_for_lanes(self) -> None:
+        host = None if self.bound_address is None else _tcp_host(self.bound_address)
+        if not self.config.lanes or host is None or self._lane_server is not None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(self._accept_lane, host, 0)
+        except OSError as exc:
+            log.warning("no TCP lanes on %s: %s", host, exc)
+            return
+        self._lane_server = server
+        self._lane_port = int(server.sockets[0].getsockname()[1])
+
+    def _accept_lane(self) -> LaneProtocol:
+        lane = LaneProtocol(
+            self.config.frame_size_bytes_hard_max,
+            hello=True,
+            on_frames=self._inbound_lane_frames,
+            on_closed=self._inbound_lane_closed,
+        )
+        if self._closed or len(self._inbound_lanes) >= self.config.connections_max:
+            lane.abort(LaneError("too many lanes"))
+        else:
+            self._inbound_lanes.add(lane)
+        return lane
+
+    def _inbound_lane_frames(self, lane: LaneProtocol, frames: list[bytes]) -> None:
+        if not lane.registered:
+            lane.registered = True
+            token = lane.reader.token
+            assert token is not None
+            if token in self._barriers_early:
+                del self._barriers_early[token]
+                self._release(lane)
+            elif token in self._lanes_by_token:
+                lane.abort(LaneError("lane token in use"))
+                return
+            else:
+                self._lanes_by_token[token] = lane
+        if lane.active:
+            if frames:
+                self.counters.lane_frames_received += len(frames)
+                self._deliver([InboundFrame(frame, Route(lane=lane)) for frame in frames])
+            return
+        lane.held.extend(frames)
+        if len(lane.held) > self.config.lane_held_frames_max:
+            lane.abort(LaneError("too many frames before the lane's barrier"))
+
+    def _release(self, lane: LaneProtocol) -> list[InboundFrame]:
+        """Mark ``lane`` active; returns the frames it held, to be handed over next."""
+        lane.active = True
+        self.counters.lanes_accepted += 1
+        held, lane.held = lane.held, []
+        self.counters.lane_frames_received += len(held)
+        return [InboundFrame(frame, Route(lane=lane)) for frame in held]
+
+    def _inbound_lane_closed(self, lane: LaneProtocol, exc: BaseException | None) -> None:
+        self._inbound_lanes.discard(lane)
+        token = lane.reader.token
+        if token is not None and self._lanes_by_token.get(token) is lane:
+            del self._lanes_by_token[token]
+        lane.held = []
+        if isinstance(exc, LaneError):
+            self.counters.lanes_refused += 1
+            log.info("lane closed: %s", exc)
+
+    def _lane_control(
+        self, reader: _Watched, parts: list[bytes], batch: list[InboundFrame]
+    ) -> None:
+        kind, payload = parts[-2], parts[-1]
+        if reader.address is None:  # the listener: a peer asks, or switches over
+            if kind == ASK:
+                answer = b"%d" % self._lane_port if self._lane_port is not None else b""
+                try:
+                    reader.socket.send_multipart([parts[0], MARKER, PORT, answer], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass  # full or gone: the peer asks again after its timeout
+            elif kind == BARRIER and len(payload) == TOKEN_BYTES:
+                lane = self._lanes_by_token.pop(payload, None)
+                if lane is not None and not lane.closed:
+                    # Everything the peer sent through ZeroMQ before it switched is
+                    # in this batch already; the lane's frames follow it.
+                    batch.extend(self._release(lane))
+                    return
+                self._barriers_early[payload] = None  # the lane's hello is still on its way
+                while len(self._barriers_early) > self.config.connections_max:
+                    self._barriers_early.popitem(last=False)
+            return
+        if kind != PORT or reader.lane_state != _LANE_ASKED:
+            return  # a late answer to an earlier ask
+        port = parse_port(payload)
+        host = _tcp_host(reader.address)
+        if port is None or host is None or self._lane_tasks is None:
+            self._lane_later(reader, self.config.reconnect_interval_max_ms / 1000)
+            return
+        reader.lane_state = _LANE_CONNECTING
+        self._lane_tasks.start_soon(self._open_lane, reader, host, port)
+
+    def _ask_for_lane(self, connection: _Watched) -> None:
+        loop = self._loop
+        if loop is None or self._lane_tasks is None or not self.config.lanes:
+            return
+        now = loop.time()
+        if connection.lane_state == _LANE_ASKED:
+            if now - connection.lane_since < self.config.lane_answer_timeout_ms / 1000:
+                return
+        elif now < connection.lane_retry_at:
+            return
+        try:
+            connection.socket.send_multipart([MARKER, ASK, b""], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        connection.lane_state = _LANE_ASKED
+        connection.lane_since = now
+
+    async def _open_lane(self, connection: _Watched, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+
+        def make() -> LaneProtocol:
+            return LaneProtocol(
+                self.config.frame_size_bytes_hard_max,
+                hello=False,
+                on_frames=lambda lane, frames: self._answers_by_lane(connection, frames),
+                on_closed=lambda lane, exc: self._outbound_lane_closed(connection, lane),
+            )
+
+        try:
+            with anyio.fail_after(self.config.lane_connect_timeout_ms / 1000):
+                _, lane = await loop.create_connection(make, host, port)
+        except (OSError, TimeoutError):
+            self.counters.lanes_failed += 1
+            if connection.lane_state == _LANE_CONNECTING and not connection.closed:
+                self._lane_later(connection)
+            return
+        if connection.closed or connection.lane_state != _LANE_CONNECTING:
+            lane.abort()
+            return
+        assert lane.transport is not None
+        lane.transport.set_write_buffer_limits(high=self.config.lane_write_buffer_bytes_max)
+        token = os.urandom(TOKEN_BYTES)
+        lane.write_raw(HELLO + token)
+        try:
+            connection.socket.send_multipart([MARKER, BARRIER, token], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            lane.abort()  # ZeroMQ's queue is full: stay there for now
+            return
+        self._recheck(connection)
+        connection.lane = lane
+        connection.lane_state = _LANE_OPEN
+        connection.lane_backoff_s = 0.0
+        lane.on_resume = lambda: self._lane_room(connection)
+        self.counters.lanes_opened += 1
+
+    def _answers_by_lane(self, connection: _Watched, frames: list[bytes]) -> None:
+        if frames and not connection.closed:
+            self.counters.lane_frames_received += len(frames)
+            address = connection.address
+            self._deliver([InboundFrame(frame, Route(address=address)) for frame in frames])
+
+    def _outbound_lane_closed(self, connection: _Watched, lane: LaneProtocol) -> None:
+        if connection.lane is lane:
+            connection.lane = None
+        elif connection.lane_state != _LANE_CONNECTING:
+            return
+        if not connection.closed:
+            self.counters.lanes_failed += 1
+            self._lane_later(connection)
+
+    def _lane_later(self, connection: _Watched, delay_s: float | None = None) -> None:
+        """Back to ZeroMQ alone; ask for a lane again after ``delay_s`` (default: back-off)."""
+        if delay_s is None:
+            first_s = self.config.reconnect_interval_ms / 1000
+            longest_s = self.config.reconnect_interval_max_ms / 1000
+            delay_s = connection.lane_backoff_s = min(
+                longest_s, connection.lane_backoff_s * 2 or first_s
+            )
+        connection.lane_state = _LANE_IDLE
+        connection.lane_retry_at = (self._loop.time() if self._loop is not None else 0.0) + delay_s
+
+    def _lane_room(self, connection: _Watched) -> None:
+        if connection.room is not None:
+            connection.room.set()
+
+    def _deliver(self, batch: list[InboundFrame]) -> None:
+        """Hand frames read from a lane to the node, as a drain does for ZeroMQ."""
+        self.counters.frames_received += len(batch)
+        try:
+            self._on_frames(batch)
+        except Exception as exc:  # a bug in a frame handler: end serve with it
+            self._fail(exc)
+
+
+def _tcp_host(address: str) -> str | None:
+    """The host of a ``tcp://host:port`` address (None for any other kind)."""
+    if not address.startswith("tcp://"):
+        return None
+    host, colon, _ = address[len("tcp://") :].rpartition(":")
+    if not colon or not host or ";" in host:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return "0.0.0.0" if host == "*" else host
 
 
 def _descriptor(socket: zmq.Socket[bytes]) -> int:
