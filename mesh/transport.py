@@ -220,6 +220,8 @@ class Transport:
             watched.append(self._listener)
         for each in watched:
             self._stop_watching(each)
+            if each.lane is not None:
+                each.lane.abort()
         self._connections.clear()
         if self._lane_server is not None:
             self._lane_server.close()

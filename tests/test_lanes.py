@@ -364,3 +364,20 @@ async def test_a_lane_whose_peer_stops_reading_is_bounded() -> None:
     finally:
         stalled.close()
         context.destroy(linger=0)
+
+
+@anyio_test
+async def test_closing_a_transport_closes_its_lanes() -> None:
+    received: list[bytes] = []
+    server = listening(collecting(received))
+    client = Transport(TransportConfig(), lambda frames: None)
+    address = server.bound_address
+    assert address is not None
+    async with serving(server):
+        async with serving(client):
+            with anyio.fail_after(10):
+                while client.counters.lanes_opened == 0:
+                    assert client.send_nowait(address, b"x")
+                    await anyio.sleep(0.002)
+            await wait_until(lambda: len(server._inbound_lanes) == 1)
+        await wait_until(lambda: not server._inbound_lanes)  # the peer saw it close
