@@ -7,11 +7,15 @@ index and checks the log's logic (no index gap, no term regression...). It
 returns the rebuilt state and the repairs a crash calls for, which
 ``DurableLog.open`` carries out only once everything has been checked: cut a
 torn tail off the last segment, or remove a last segment that holds no complete
-record (a crash right after it was created). Anything else wrong raises
-``LogCorruption`` before a single byte is changed.
+record (a crash right after it was created). A last segment that ends in zero
+bytes (the space ``DurableLog`` preallocates ahead of its records, which a crash
+leaves in place) is cut back to its last record the same way, and the zeros are
+counted apart from torn bytes (``zero_bytes_truncated``): they are no sign of a
+torn write. Anything else wrong raises ``LogCorruption`` before a single byte is
+changed.
 
-Memory: one segment's bytes at a time (``segment_bytes_max`` plus one record),
-plus the index being rebuilt.
+Memory: one segment's bytes at a time (``segment_bytes_max`` plus one record,
+or plus the preallocated zeros if more), plus the index being rebuilt.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class Recovered:
     """Delete these files: a last segment without one complete record."""
     tail_problem: str | None = None
     bytes_truncated: int = 0
+    zero_bytes_truncated: int = 0
+    """Of ``bytes_truncated``, the zeros at the very end (preallocated, never written)."""
     segments_scanned: int = 0
     records_scanned: int = 0
     bytes_scanned: int = 0
@@ -100,10 +106,12 @@ def recover(directory: Path) -> Recovered:
             result.remove.append(path)
             result.tail_problem = scan.problem or "segment header without any record"
             result.bytes_truncated = len(data)
+            result.zero_bytes_truncated = scan.zero_tail
             break
         if scan.torn_at is not None:
             result.tail_problem = scan.problem
             result.bytes_truncated = len(data) - scan.torn_at
+            result.zero_bytes_truncated = scan.zero_tail
             result.truncate = (path, scan.torn_at)
         result.segments[seq] = path
         result.next_lsn = scan.next_lsn

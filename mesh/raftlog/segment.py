@@ -4,7 +4,11 @@ How this works. The log is a sequence of append-only segment files named
 ``<seq>-<first index>.seg`` (``seq`` counts segments 1, 2, 3...; the index is
 the one the segment's first appended entry would take). Each starts with a
 16-byte header, ``b"AMRLOG01"`` (magic and format version) and the lsn of its
-first record, followed by records (``records.py``).
+first record, followed by records (``records.py``). The segment being written
+may end in zero bytes: space ``DurableLog`` wrote ahead of its records so that
+a sync need not grow the file (``preallocate_bytes`` in ``log.py``). A segment
+is cut to its last record before the next one is created, so only the last
+segment can have such a tail.
 
 ``SegmentScan`` walks one file's frames and checks each. When a frame is
 damaged it decides between the two stories that can explain it:
@@ -17,8 +21,12 @@ damaged it decides between the two stories that can explain it:
 
 To find valid records after the damage it does not parse every offset: it
 searches (in C, ``bytes.find``) for the little-endian lsn the next few records
-would carry, and checks each hit's frame. A tail of zero bytes (a filesystem that
-extended the file but never wrote the block) is recognised directly.
+would carry, and checks each hit's frame. A tail of zero bytes is recognised
+directly (one ``bytes.count``, however long): it is the preallocated space past
+the last record, or blocks a crash left unwritten, and the scan reports it as
+the clean end of the log (``zero_tail``), not as a torn write. A torn record
+followed by zeros is a torn tail as any other; zeros in a segment that is not
+the last are damage like any other.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ __all__ = [
     "fsync_directory",
     "parse_segment_name",
     "pread_exact",
+    "pwrite_all",
     "segment_name",
     "write_all",
 ]
@@ -85,6 +94,15 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """``os.pwrite`` at ``offset`` until every byte is taken."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
     """Read exactly ``size`` bytes at ``offset``, or raise ``LogCorruption`` if the file
     is shorter than the in-memory index says (someone truncated it under us)."""
@@ -110,7 +128,9 @@ class SegmentScan:
     ``first_lsn`` is the lsn the first record must carry (``None``: unknown, as for
     the oldest segment present). If the last segment ends in a torn write, the
     scan stops there and sets ``torn_at`` and ``problem``; damage anywhere else
-    raises ``LogCorruption``. After the scan ``next_lsn`` is the lsn that follows.
+    raises ``LogCorruption``. After the scan ``next_lsn`` is the lsn that follows,
+    and ``zero_tail`` counts the zero bytes that end the damaged part (all of it
+    when the file simply ends in zeros after its last record: no torn write).
     """
 
     def __init__(self, path: Path, data: bytes, *, is_last: bool, first_lsn: int | None):
@@ -120,6 +140,7 @@ class SegmentScan:
         self.expected_first_lsn = first_lsn
         self.torn_at: int | None = None
         self.problem: str | None = None
+        self.zero_tail = 0
         self.next_lsn = first_lsn if first_lsn is not None else 1
 
     def corruption(self, offset: int, what: str) -> LogCorruption:
@@ -180,35 +201,50 @@ class SegmentScan:
         if not self.is_last:
             raise self.corruption(pos, f"{problem}, in a segment that is not the last one")
         data = self.data
-        if data.count(0, pos) != len(data) - pos:
-            # Not merely unwritten (zero) blocks: is anything valid after the damage?
-            if lsn is None:
-                # A crash cannot damage a header it wrote in full, and with the
-                # header gone we cannot tell which records to look for.
-                if len(data) >= SEGMENT_HEADER_BYTES:
-                    raise self.corruption(pos, problem)
-            else:
-                follower = self._valid_record_after(pos, lsn)
-                if follower is not None:
-                    at, follower_lsn = follower
-                    raise self.corruption(
-                        pos,
-                        f"{problem}, yet a valid record (number {follower_lsn}) follows "
-                        f"at offset {at}",
-                    )
+        zeros = data.count(0, pos)
+        if zeros and zeros == len(data) - pos:
+            # Only zeros: preallocated space past the last record, or blocks the
+            # crash left unwritten. Nothing was torn; the log simply ends here.
+            self.torn_at = pos
+            self.zero_tail = zeros
+            self.problem = (
+                f"{zeros} zero bytes at the end (space written ahead of the records, or "
+                "left unwritten by a crash), not a torn write"
+            )
+            return
+        # Not merely zeros: is anything valid after the damage? Not in the zeros
+        # that end the file, if any (a record's lsn is followed by its nonzero type).
+        if zeros:
+            tail = data[pos:]
+            self.zero_tail = len(tail) - len(tail.rstrip(b"\0"))
+        if lsn is None:
+            # A crash cannot damage a header it wrote in full, and with the
+            # header gone we cannot tell which records to look for.
+            if len(data) >= SEGMENT_HEADER_BYTES:
+                raise self.corruption(pos, problem)
+        else:
+            follower = self._valid_record_after(pos, lsn, len(data) - self.zero_tail)
+            if follower is not None:
+                at, follower_lsn = follower
+                raise self.corruption(
+                    pos,
+                    f"{problem}, yet a valid record (number {follower_lsn}) follows "
+                    f"at offset {at}",
+                )
         self.torn_at = pos
         self.problem = problem
 
-    def _valid_record_after(self, pos: int, lsn: int) -> tuple[int, int] | None:
+    def _valid_record_after(self, pos: int, lsn: int, stop: int) -> tuple[int, int] | None:
+        """A valid record after ``pos`` whose lsn lies before ``stop``, if any."""
         data = self.data
         view = memoryview(data)
         end = len(data)
         for wanted in range(lsn, lsn + _FOLLOWERS_SEARCHED):
             needle = _U64.pack(wanted)
-            hit = data.find(needle, pos + 1 + 8)
+            hit = data.find(needle, pos + 1 + 8, stop)
             while hit != -1:
                 start = hit - 8  # the lsn sits right after length and crc
                 if frame_problem(data, view, start, end) is None:
                     return start, wanted
-                hit = data.find(needle, hit + 1)
+                hit = data.find(needle, hit + 1, stop)
         return None

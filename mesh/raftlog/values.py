@@ -53,8 +53,11 @@ class RecoveryReport:
 
     A torn tail (an incomplete write at a crash) is cut off the last segment:
     ``bytes_truncated`` bytes at ``truncated_at`` in ``truncated_file``, for the
-    reason in ``tail_problem``. ``files_removed`` lists files dropped as
-    unfinished (a last segment with no complete record, a half-written snapshot).
+    reason in ``tail_problem``. Of those, ``zero_bytes_truncated`` were zeros at
+    the very end: space preallocated past the last record that a crash left in
+    place; when they are all of it, no write was torn. ``files_removed`` lists
+    files dropped as unfinished (a last segment with no complete record, a
+    half-written snapshot).
     """
 
     segments_scanned: int = 0
@@ -62,6 +65,7 @@ class RecoveryReport:
     bytes_scanned: int = 0
     entries_recovered: int = 0
     bytes_truncated: int = 0
+    zero_bytes_truncated: int = 0
     truncated_file: str | None = None
     truncated_at: int | None = None
     tail_problem: str | None = None
