@@ -129,10 +129,14 @@ class RaftService:
             self.storage.close()
             raise
         recovery = self.storage.log.recovery
-        if recovery.bytes_truncated:
+        if recovery.bytes_truncated > recovery.zero_bytes_truncated:
             log.warning("raft log: cut a torn tail of %d bytes off %s at offset %s (%s)",
                         recovery.bytes_truncated, recovery.truncated_file,
                         recovery.truncated_at, recovery.tail_problem)
+        elif recovery.bytes_truncated:  # only the preallocated zeros: no write was torn
+            log.info("raft log: cut %d preallocated zero bytes off %s at offset %s",
+                     recovery.bytes_truncated, recovery.truncated_file,
+                     recovery.truncated_at)
         self._applied = snapshot.index
         self._wake = anyio.Event()
         # Set while run() runs (the storage is open): Readies may be carried out by

@@ -51,6 +51,7 @@ from mesh.codec import pack, unpack
 from mesh.errors import CodecError
 from mesh.raftlog import (
     CACHE_BYTES_MAX_DEFAULT,
+    PREALLOCATE_BYTES_DEFAULT,
     SEGMENT_BYTES_MAX_DEFAULT,
     WRITE_BUFFER_BYTES_DEFAULT,
     Compacted,
@@ -141,6 +142,7 @@ class FileStorage:
         segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
         cache_bytes_max: int = CACHE_BYTES_MAX_DEFAULT,
         write_buffer_bytes: int = WRITE_BUFFER_BYTES_DEFAULT,
+        preallocate_bytes: int = PREALLOCATE_BYTES_DEFAULT,
     ) -> FileStorage:
         """Open (creating if missing) the Raft storage in ``directory``.
 
@@ -157,6 +159,7 @@ class FileStorage:
             fsync=fsync,
             cache_bytes_max=cache_bytes_max,
             write_buffer_bytes=write_buffer_bytes,
+            preallocate_bytes=preallocate_bytes,
         )
         try:
             return cls(log, conf=conf, fsync=fsync)

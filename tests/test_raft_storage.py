@@ -6,8 +6,8 @@ compactions, syncs, reopens) against ``MemoryStorage`` and ``FileStorage`` side
 by side and compare every read after every step, errors included. Histories are
 kept Raft-shaped (nothing at or below the commit index or the snapshot is ever
 overwritten) because that is all the core asks and ``MemoryStorage`` is only
-defined there. Crashes are simulated as in ``test_raftlog``: file sizes are
-noted at a ``sync`` and a copy cut back to them is what an fsync made durable.
+defined there. Crashes are simulated as in ``test_raftlog``: file contents are
+noted at a ``sync`` and a copy holding them is what an fsync made durable.
 Then a 3-node cluster from ``test_raft_core`` runs on ``FileStorage`` in temp
 directories, restarting nodes from their files.
 """
@@ -55,7 +55,12 @@ CONF = ConfState.of([A, B, C])
 CONFS = [CONF, ConfState.of([A, B], [C]), ConfState.of([A, B, C, D]), ConfState.of([D])]
 VOTES = [None, A, B, C]
 BIG = 1 << 40
-SMALL = {"segment_bytes_max": 512, "cache_bytes_max": 300, "write_buffer_bytes": 64}
+SMALL = {
+    "segment_bytes_max": 512,
+    "cache_bytes_max": 300,
+    "write_buffer_bytes": 64,
+    "preallocate_bytes": 100,
+}
 
 
 def entry(index: int, term: int, size: int = 12, kind: EntryKind = EntryKind.NORMAL) -> Entry:
@@ -85,17 +90,17 @@ def snapshot_of_state(storage: WritableStorage) -> tuple[Any, ...]:
     )
 
 
-def disk_sizes(path: Path) -> dict[str, int]:
-    """Size of every file the storage keeps (what a crash now keeps, if synced)."""
-    return {p.name: p.stat().st_size for p in path.iterdir() if p.name != "LOCK"}
+def disk_images(path: Path) -> dict[str, bytes]:
+    """Contents of every file the storage keeps (what a crash now keeps, if synced).
+    Not sizes: preallocated segments are written over zeros they already hold."""
+    return {p.name: p.read_bytes() for p in path.iterdir() if p.name != "LOCK"}
 
 
-def crash_copy(source: Path, target: Path, sizes: dict[str, int]) -> Path:
-    """The directory as a crash would leave it: files cut back to ``sizes``."""
+def crash_copy(target: Path, images: dict[str, bytes]) -> Path:
+    """The directory as a crash would leave it: the files holding ``images``."""
     target.mkdir(parents=True)
-    for name, size in sizes.items():
-        with open(source / name, "rb") as reader:
-            (target / name).write_bytes(reader.read(size))
+    for name, data in images.items():
+        (target / name).write_bytes(data)
     return target
 
 
@@ -118,9 +123,9 @@ class Pair:
         self.durable()
 
     def durable(self) -> None:
-        """Note what a crash keeps now: the reference's state and the file sizes."""
+        """Note what a crash keeps now: the reference's state and the files."""
         self.durable_memory = copy.deepcopy(self.memory)
-        self.durable_sizes = disk_sizes(self.directory)
+        self.durable_images = disk_images(self.directory)
 
     def both(
         self, what: str, action: Callable[[WritableStorage], Any], *, syncs: bool = False
@@ -228,7 +233,7 @@ class Pair:
             self.history.append("crash")
             self.crashes += 1
             target = self.directory.with_name(f"crash-{self.crashes}")
-            crash_copy(self.directory, target, self.durable_sizes)
+            crash_copy(target, self.durable_images)
             self.file.close()  # the crashed process's files stay behind, unused
             self.directory, self.memory = target, self.durable_memory
             self.file = FileStorage.open(
@@ -261,7 +266,8 @@ def run_history(directory: Path, rng: random.Random, steps: int, options: dict[s
 @pytest.mark.parametrize("seed", range(10))
 def test_random_histories_answer_like_memory_storage(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
-    options = SMALL if seed % 2 else {}  # tiny segments, cache and buffer; or the defaults
+    # Tiny segments, cache, buffer and preallocation (or none); or the defaults.
+    options = ({**SMALL, "preallocate_bytes": 0} if seed % 4 == 3 else SMALL) if seed % 2 else {}
     run_history(tmp_path / "storage", rng, 300, options)
 
 
@@ -325,9 +331,16 @@ def test_the_storage_contract_holds_for_both(tmp_path: Path, make: str) -> None:
 # -- durability ----------------------------------------------------------------------------
 
 
-def test_a_crash_keeps_exactly_what_the_last_sync_made_durable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preallocate", [0, 1 << 20], ids=["growing", "preallocated"])
+def test_a_crash_keeps_exactly_what_the_last_sync_made_durable(
+    tmp_path: Path, preallocate: int
+) -> None:
     source = tmp_path / "node"
-    options = {"segment_bytes_max": 512, "write_buffer_bytes": 0}  # every record to the OS
+    options = {  # every record to the OS
+        "segment_bytes_max": 512,
+        "write_buffer_bytes": 0,
+        "preallocate_bytes": preallocate,
+    }
     storage = FileStorage.open(source, conf=CONF, fsync=False, **options)
     storage.append([entry(i, 1) for i in range(1, 41)])
     storage.set_hard_state(HardState(term=2, vote=B, commit=30))
@@ -335,13 +348,13 @@ def test_a_crash_keeps_exactly_what_the_last_sync_made_durable(tmp_path: Path) -
     storage.compact(15)
     storage.sync()
     synced = snapshot_of_state(storage)
-    sizes = disk_sizes(source)
+    images = disk_images(source)
     # Written but never synced: an overwrite, a new hard state, a compaction.
     storage.append([entry(i, 3) for i in range(35, 60)])
     storage.set_hard_state(HardState(term=3, vote=None, commit=40))
     storage.compact(20)
     unsynced = snapshot_of_state(storage)
-    crashed = crash_copy(source, tmp_path / "crashed", sizes)
+    crashed = crash_copy(tmp_path / "crashed", images)
     with FileStorage.open(crashed, conf=ConfState.of([D])) as recovered:
         assert snapshot_of_state(recovered) == synced
     storage.close()  # closing syncs

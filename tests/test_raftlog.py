@@ -1,9 +1,11 @@
 """The durable Raft log: round trips, overwrites, crashes, torn tails and corruption.
 
 Crashes are simulated on real files: ``write_buffer_bytes=0`` hands every record
-to the OS at once, the sizes of the segment files are noted right after a
-``sync``, and a "crash" copies the directory cut back to those sizes (what an
-fsync made durable), or to any size in between (a torn write).
+to the OS at once, the contents of the files are noted right after a ``sync``,
+and a "crash" copies the directory as it was then (what an fsync made durable),
+or with the writes since then kept up to some byte (a torn write). Contents, not
+sizes: with preallocation the records after a sync are written over zeros the
+file already had, so cutting a file back to its size at the sync would keep them.
 """
 
 from __future__ import annotations
@@ -79,18 +81,29 @@ def entry_offsets(path: Path) -> list[tuple[int, int]]:
     return [(o, s) for t, o, s in records(path) if t == RecordType.ENTRY]
 
 
-def disk_sizes(path: Path) -> dict[str, int]:
-    """Size of every file the log keeps (what a crash right now would keep if synced)."""
-    return {p.name: p.stat().st_size for p in path.iterdir() if p.name != "LOCK"}
+def disk_images(path: Path) -> dict[str, bytes]:
+    """Contents of every file the log keeps (what a crash right now would keep if synced)."""
+    return {p.name: p.read_bytes() for p in path.iterdir() if p.name != "LOCK"}
 
 
-def crash_copy(source: Path, target: Path, sizes: dict[str, int]) -> Path:
-    """The directory as a crash would leave it: files cut back to ``sizes``."""
+def crash_copy(target: Path, images: dict[str, bytes]) -> Path:
+    """The directory as a crash would leave it: the files holding ``images``."""
     target.mkdir(parents=True)
-    for name, size in sizes.items():
-        with open(source / name, "rb") as reader:
-            (target / name).write_bytes(reader.read(size))
+    for name, data in images.items():
+        (target / name).write_bytes(data)
     return target
+
+
+def torn_image(durable: bytes, now: bytes, cut: int) -> bytes:
+    """A file whose writes since it held ``durable`` reached the disk up to byte ``cut``
+    (beyond that it holds what it held, zeros if preallocated, or ends)."""
+    return now[:cut] + durable[cut:]
+
+
+def torn_range(durable: bytes, now: bytes) -> range:
+    """The cuts worth trying for ``torn_image``: from at or before the end of the records
+    in ``durable`` to the end of the records in ``now`` (zeros dropped)."""
+    return range(len(durable.rstrip(b"\0")), len(now.rstrip(b"\0")) + 1)
 
 
 def flip(path: Path, offset: int, mask: int = 0x40) -> None:
@@ -248,32 +261,37 @@ def test_bounds_compacted_and_unavailable(tmp_path: Path) -> None:
 # -- durability and crashes ------------------------------------------------------------
 
 
-def test_what_was_synced_survives_a_crash_and_nothing_else_is_invented(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preallocate", [0, 1 << 20], ids=["growing", "preallocated"])
+def test_what_was_synced_survives_a_crash_and_nothing_else_is_invented(
+    tmp_path: Path, preallocate: int
+) -> None:
     source = tmp_path / "log"
-    # One segment, so that a crash can only shorten that file (segments before the
-    # last are fsynced when the next begins; crashes across that are in the model test).
-    log = open_log(source, write_buffer_bytes=0, segment_bytes_max=1 << 20)
+    # One segment, so that a crash can only lose writes to that file (segments before
+    # the last are fsynced when the next begins; crashes across that are in the model test).
+    log = open_log(
+        source, write_buffer_bytes=0, segment_bytes_max=1 << 20, preallocate_bytes=preallocate
+    )
     synced = entries(1, 41)
     log.append(synced)
     log.set_hard_state(HardState(2, b"me", 30))
     log.sync()
-    at_sync = disk_sizes(source)
+    at_sync = disk_images(source)
     # After the sync: an overwrite, more entries, a new hard state, none synced.
     log.append(entries(35, 61, term=3))
     log.set_hard_state(HardState(3, b"other", 40))
     states = _intermediate_states(synced, entries(35, 61, term=3))
-    now = disk_sizes(source)
+    now = disk_images(source)
 
-    crashed = crash_copy(source, tmp_path / "crash", at_sync)
+    crashed = crash_copy(tmp_path / "crash", at_sync)
     with open_log(crashed) as recovered:
         assert everything(recovered) == synced
         assert recovered.hard_state() == HardState(2, b"me", 30)
 
     # A torn write: the unsynced bytes reached the disk up to some point.
     (active,) = (name for name in now if name.endswith(".seg"))
-    for cut in range(at_sync.get(active, 0), now[active] + 1, 7):
-        sizes = {**at_sync, active: cut}
-        torn = crash_copy(source, tmp_path / f"torn{cut}", sizes)
+    for cut in torn_range(at_sync[active], now[active])[::7]:
+        images = {**at_sync, active: torn_image(at_sync[active], now[active], cut)}
+        torn = crash_copy(tmp_path / f"torn{cut}", images)
         with open_log(torn, fsync=False) as recovered:
             assert everything(recovered) in states
             assert recovered.hard_state() == HardState(2, b"me", 30)
@@ -668,14 +686,18 @@ def _check(log: DurableLog, model: Model) -> None:
     assert log.hard_state() == model.hard
 
 
-def _torn_sizes(directory: Path, synced: dict[str, int], per_mille: int) -> dict[str, int]:
-    """Every file as it is now, except the newest segment, cut somewhere after what the
-    last sync made durable (older segments were fsynced when the next one began)."""
-    sizes = disk_sizes(directory)
-    newest = max(name for name in sizes if name.endswith(".seg"))
-    low = synced.get(newest, 0)
-    sizes[newest] = low + (sizes[newest] - low) * per_mille // 1000
-    return sizes
+def _torn_images(
+    directory: Path, synced: dict[str, bytes], per_mille: int
+) -> dict[str, bytes]:
+    """Every file as it is now, except the newest segment, whose writes since the last
+    sync reached the disk up to some byte (older segments were fsynced when the next
+    one began)."""
+    images = disk_images(directory)
+    newest = max(name for name in images if name.endswith(".seg"))
+    durable, now = synced.get(newest, b""), images[newest]
+    cuts = torn_range(durable, now)
+    images[newest] = torn_image(durable, now, cuts[(len(cuts) - 1) * per_mille // 1000])
+    return images
 
 
 class History:
@@ -685,7 +707,7 @@ class History:
         self.model = Model()
         self.durable = Model()
         self.passed: list[Model] = [Model()]
-        self.sizes = disk_sizes(directory)
+        self.images = disk_images(directory)
 
     def changed(self) -> None:
         self.passed.append(self.model.copy())
@@ -693,7 +715,7 @@ class History:
     def synced(self, directory: Path) -> None:
         self.durable = self.model.copy()
         self.passed = [self.model.copy()]
-        self.sizes = disk_sizes(directory)
+        self.images = disk_images(directory)
 
     def recovered(self, log: DurableLog, directory: Path) -> None:
         """After a torn crash: the log is one of the states passed since the last sync."""
@@ -723,6 +745,7 @@ def test_random_histories_match_an_in_memory_model(
         "fsync": False,
         "write_buffer_bytes": 0,
         "cache_bytes_max": rng.choice([0, 300, 1 << 20]),
+        "preallocate_bytes": rng.choice([0, 100, 1 << 20]),
     }
     directory = base / "d0"
     log = open_log(directory, **options)
@@ -769,10 +792,10 @@ def test_random_histories_match_an_in_memory_model(
             history.synced(directory)
         else:  # a crash: "crash" keeps what the last sync made durable, "torn" a bit more
             if name == "crash":
-                sizes = history.sizes
+                images = history.images
             else:
-                sizes = _torn_sizes(directory, history.sizes, int(args[0]))
-            target_dir = crash_copy(directory, base / f"d{number + 1}", sizes)
+                images = _torn_images(directory, history.images, int(args[0]))
+            target_dir = crash_copy(base / f"d{number + 1}", images)
             log.close()
             directory = target_dir
             log = open_log(directory, **options)

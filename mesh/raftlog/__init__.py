@@ -28,18 +28,25 @@ are little-endian. An entry costs 34 bytes on top of its data.
 
 The stream is append-only and replayed in order at open: a Raft overwrite is an
 ENTRY with a lower index than the last one (the later record wins), and the
-last STATE is the hard state. Nothing is rewritten in place, so a crash can
-only tear the end of the last segment; recovery cuts such a torn tail off and
+last STATE is the hard state. No record is ever rewritten, so a crash can only
+tear the end of the last segment; recovery cuts such a torn tail off and
 reports it, and treats any other damage (a bad record followed by valid ones, a
 bad record in an older segment, an index gap, a term regression, a missing
 segment that held live entries) as ``LogCorruption`` with the file, the offset
 and what to do. A segment is fsynced before the next one is created, and older
 segments are deleted only once a durable COMPACT or RESET record covers them.
 
+The last segment is written ahead with zero bytes (``preallocate_bytes``, 1 MiB
+at a time) so that a sync overwrites space the file already has instead of
+growing it, which spares most fdatasyncs a journal commit; a segment is cut
+back to its last record when the next one begins and at ``close``, so only the
+last one can end in zeros, which recovery reads as the clean end of the log.
+
 Memory: 16 bytes per live entry (its record's location) plus the recent-entry
-cache (``cache_bytes_max``, 16 MiB by default) and the write buffer
-(``write_buffer_bytes``, 1 MiB); older entries are read from disk. Compaction
-after each snapshot is what bounds the live log.
+cache (``cache_bytes_max``, 16 MiB by default), the write buffer
+(``write_buffer_bytes``, 1 MiB) and a buffer of zeros (``preallocate_bytes``,
+1 MiB); older entries are read from disk. Compaction after each snapshot is what
+bounds the live log.
 
 Modules: ``values`` (value types), ``errors``, ``records`` (frame encoding and
 checks), ``segment`` (file names, scan, torn tail versus corruption),
@@ -59,6 +66,7 @@ from mesh.raftlog.errors import (
 from mesh.raftlog.log import (
     CACHE_BYTES_MAX_DEFAULT,
     ENTRY_SIZE_OVERHEAD_BYTES,
+    PREALLOCATE_BYTES_DEFAULT,
     SEGMENT_BYTES_MAX_DEFAULT,
     WRITE_BUFFER_BYTES_DEFAULT,
     DurableLog,
@@ -76,6 +84,7 @@ __all__ = [
     "ENTRY_DATA_BYTES_MAX",
     "ENTRY_RECORD_OVERHEAD_BYTES",
     "ENTRY_SIZE_OVERHEAD_BYTES",
+    "PREALLOCATE_BYTES_DEFAULT",
     "SEGMENT_BYTES_MAX_DEFAULT",
     "VOTE_BYTES_MAX",
     "WRITE_BUFFER_BYTES_DEFAULT",

@@ -9,16 +9,36 @@ make a whole Raft ``Ready`` durable (group commit): ``append`` and
 calls ``fdatasync`` once, plus a directory fsync when a segment was created.
 
 A Raft overwrite (entries replacing a conflicting suffix) appends records with
-lower indices; replay lets the latest record for an index win, so the files are
-never modified in place and a crash can only ever tear the end of the last one.
-Compaction writes a COMPACT record and, once that is durable, deletes whole
-segments that hold nothing live.
+lower indices; replay lets the latest record for an index win, so no record is
+ever rewritten and a crash can only ever tear the end of the last segment. (An
+overwrite therefore changes nothing on disk but the records it appends: the
+write position goes on where it was.) Compaction writes a COMPACT record and,
+once that is durable, deletes whole segments that hold nothing live.
+
+Preallocation. An ``fdatasync`` that grows the file must also commit the new
+size through the filesystem journal; one that only overwrites blocks already
+written does not, and on ext4 with three voters syncing at once that is about
+165 us against 210 - 250. So the active segment keeps a region of zero bytes
+ahead of its records: records are written with ``pwrite`` at the tracked write
+position (the file is not opened ``O_APPEND``), and when a write would reach
+past the zeros, ``preallocate_bytes`` more zeros (1 MiB by default) are written
+after it, up to ``segment_bytes_max`` plus some room for the records that cross
+it. The zeros are really written: ``posix_fallocate`` would leave "unwritten"
+extents whose first write is again a journal commit. The zeros and the records
+before them are made durable by the same ``fdatasync`` (the next sync), which
+commits the new size once per chunk; the syncs after it need no journal commit.
+When a segment is finished (a roll, or ``close``) it is cut back to its last
+record and fdatasynced before anything else happens, so only the last segment
+can end in zeros; recovery (``segment.py``) reads a zero tail there as the
+clean end of the log, cuts it off and reports it apart from torn bytes.
+``preallocate_bytes=0`` turns this off: every write then grows the file.
 
 In memory: ``Positions`` (16 bytes per live entry: where its record is) and a
 cache of the most recent entries (``cache_bytes_max``) that leaders read back
 when replicating; older entries are read from disk with ``pread`` and their
 checksums checked again. The write buffer holds at most ``write_buffer_bytes``
-before it is handed to the OS (not fsynced).
+before it is handed to the OS (not fsynced); the zeros written ahead come from
+one buffer of ``preallocate_bytes``, made at the first use.
 
 Not thread-safe: one caller at a time (the runtime calls it from one worker
 thread). ``fsync=False`` keeps all the logic but skips every fsync; use it only
@@ -64,8 +84,8 @@ from mesh.raftlog.segment import (
     encode_segment_header,
     fsync_directory,
     pread_exact,
+    pwrite_all,
     segment_name,
-    write_all,
 )
 from mesh.raftlog.snapshot import SNAPSHOT_TEMP_FILE, read_snapshot, write_snapshot
 from mesh.raftlog.values import HardState, LogEntry, RecoveryReport, SnapshotMeta
@@ -74,6 +94,7 @@ __all__ = [
     "CACHE_BYTES_MAX_DEFAULT",
     "ENTRY_SIZE_OVERHEAD_BYTES",
     "LOCK_FILE",
+    "PREALLOCATE_BYTES_DEFAULT",
     "SEGMENT_BYTES_MAX_DEFAULT",
     "SEGMENT_BYTES_MIN",
     "WRITE_BUFFER_BYTES_DEFAULT",
@@ -96,7 +117,16 @@ ENTRY_SIZE_OVERHEAD_BYTES = 16
 """Bytes an entry counts for in ``entries(max_bytes=...)`` on top of its data: the
 same allowance as the Raft core's ``consensus.raft.types.ENTRY_OVERHEAD_BYTES``,
 so that a batch cut here matches the core's own budget."""
+PREALLOCATE_BYTES_DEFAULT = 1 << 20
+"""Zero bytes written at a time ahead of the records in the active segment, so
+that most syncs overwrite space the file already has instead of growing it (see
+the module doc). Larger makes the sync that writes them rarer but slower; 0
+turns preallocation off."""
 LOCK_FILE = "LOCK"
+# How far past segment_bytes_max the zeros may reach: room for the record that
+# crosses the limit and the few small ones (hard state, compaction) that may
+# follow it before the next append rolls. A larger one grows the file.
+_PREALLOCATE_PAST_MAX_BYTES = 64 << 10
 # Longest run of neighbouring records read with one pread.
 _READ_SPAN_BYTES_MAX = 4 << 20
 _fsync_data = getattr(os, "fdatasync", os.fsync)  # appended data and the size; not atime
@@ -137,6 +167,7 @@ class DurableLog:
         "_lock_fd",
         "_next_lsn",
         "_pos",
+        "_preallocate_bytes",
         "_readers",
         "_segment_bytes_max",
         "_segments",
@@ -145,7 +176,10 @@ class DurableLog:
         "_unsynced",
         "_wfd",
         "_write_buffer_bytes",
+        "_write_offset",
         "_written_hard",
+        "_zeroed_to",
+        "_zeros",
         "recovery",
     )
 
@@ -160,6 +194,7 @@ class DurableLog:
         fsync: bool = True,
         cache_bytes_max: int = CACHE_BYTES_MAX_DEFAULT,
         write_buffer_bytes: int = WRITE_BUFFER_BYTES_DEFAULT,
+        preallocate_bytes: int = PREALLOCATE_BYTES_DEFAULT,
     ) -> DurableLog:
         """Open the log in ``directory``, creating it if missing, and recover it.
 
@@ -168,7 +203,7 @@ class DurableLog:
         in ``recovery``; damage anywhere else, missing entries, an index gap or a
         term regression raise ``LogCorruption`` naming the file and offset, and
         nothing on disk is changed. Raises ``LogLocked`` if the directory is open
-        elsewhere.
+        elsewhere. ``preallocate_bytes``: see ``PREALLOCATE_BYTES_DEFAULT``.
         """
         return cls(
             Path(directory),
@@ -176,6 +211,7 @@ class DurableLog:
             fsync=fsync,
             cache_bytes_max=cache_bytes_max,
             write_buffer_bytes=write_buffer_bytes,
+            preallocate_bytes=preallocate_bytes,
         )
 
     def __init__(
@@ -186,22 +222,28 @@ class DurableLog:
         fsync: bool,
         cache_bytes_max: int,
         write_buffer_bytes: int,
+        preallocate_bytes: int,
     ) -> None:
         """Use ``DurableLog.open``."""
         if segment_bytes_max < SEGMENT_BYTES_MIN:
             raise ValueError(
                 f"segment_bytes_max ({segment_bytes_max}) must be at least {SEGMENT_BYTES_MIN}"
             )
-        if cache_bytes_max < 0 or write_buffer_bytes < 0:
+        if cache_bytes_max < 0 or write_buffer_bytes < 0 or preallocate_bytes < 0:
             raise ValueError(
-                f"cache_bytes_max ({cache_bytes_max}) and write_buffer_bytes "
-                f"({write_buffer_bytes}) must not be negative"
+                f"cache_bytes_max ({cache_bytes_max}), write_buffer_bytes "
+                f"({write_buffer_bytes}) and preallocate_bytes ({preallocate_bytes}) "
+                "must not be negative"
             )
         self._directory = directory
         self._segment_bytes_max = segment_bytes_max
         self._fsync = fsync
         self._cache_bytes_max = cache_bytes_max
         self._write_buffer_bytes = write_buffer_bytes
+        self._preallocate_bytes = preallocate_bytes
+        self._zeros = b""  # preallocate_bytes of zeros, made at the first use
+        self._write_offset = 0  # where the write buffer goes in the active segment
+        self._zeroed_to = 0  # the active segment's size: zeros from the records' end
         self._closed = True  # until the files are open
         self._failed: str | None = None
         self._dir_fd = -1
@@ -222,6 +264,7 @@ class DurableLog:
                 "fsyncs",
                 "directory_fsyncs",
                 "bytes_written",
+                "bytes_preallocated",
                 "overwrites",
                 "entries_overwritten",
                 "compactions",
@@ -286,8 +329,11 @@ class DurableLog:
         self._closed = False
         if self._segments:
             self._active_seq = max(self._segments)
-            self._wfd = os.open(self._segments[self._active_seq], os.O_WRONLY | os.O_APPEND)
+            # Not O_APPEND: records go at _write_offset, before the preallocated zeros.
+            # Recovery cut any zero tail, so the file ends at its last record.
+            self._wfd = os.open(self._segments[self._active_seq], os.O_WRONLY)
             self._active_size = os.fstat(self._wfd).st_size
+            self._write_offset = self._zeroed_to = self._active_size
         else:
             self._active_seq = 0
             self._create_segment()
@@ -300,6 +346,7 @@ class DurableLog:
             bytes_scanned=found.bytes_scanned,
             entries_recovered=len(self._pos),
             bytes_truncated=found.bytes_truncated,
+            zero_bytes_truncated=found.zero_bytes_truncated,
             truncated_file=found.truncate[0].name if found.truncate else None,
             truncated_at=found.truncate[1] if found.truncate else None,
             tail_problem=found.tail_problem,
@@ -657,7 +704,7 @@ class DurableLog:
         return found
 
     def _pread(self, seq: int, offset: int, size: int) -> bytes:
-        if seq == self._active_seq and offset + size > self._active_size - len(self._buf):
+        if seq == self._active_seq and offset + size > self._write_offset:
             self._flush()  # the records are still in our buffer: hand them to the OS
         fd = self._readers.get(seq)
         if fd is None:
@@ -728,13 +775,15 @@ class DurableLog:
             recovery_records_scanned=self.recovery.records_scanned,
             recovery_entries=self.recovery.entries_recovered,
             recovery_bytes_truncated=self.recovery.bytes_truncated,
+            recovery_zero_bytes_truncated=self.recovery.zero_bytes_truncated,
         )
         return stats
 
     # -- closing ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Sync what is pending, close every file and release the directory lock.
+        """Sync what is pending, cut the preallocated zeros off the active segment,
+        close every file and release the directory lock.
 
         Safe to call twice. After a ``StorageFailed`` it only releases."""
         if self._closed:
@@ -742,6 +791,7 @@ class DurableLog:
         try:
             if self._failed is None:
                 self.sync()
+                self._finish_segment("closing the log")
         finally:
             self._release()
 
@@ -787,31 +837,49 @@ class DurableLog:
     def _roll(self) -> None:
         """Close the active segment and begin the next one.
 
-        The old segment is fsynced first, so that only the last segment can ever
-        end in a torn write: recovery may then treat damage in any other segment
-        as corruption. That costs one extra fsync per ``segment_bytes_max``.
+        The old segment is cut back to its last record (dropping the preallocated
+        zeros) and fsynced first, so that only the last segment can ever end in a
+        torn write or in zeros: recovery may then treat damage in any other
+        segment as corruption. Since the new segment is created only once that
+        fsync has returned, no crash can leave a zero tail in an older segment.
+        That costs one extra fsync per ``segment_bytes_max``.
         """
         self._flush()
+        self._finish_segment("closing a full segment")
         try:
-            if self._fsync:
-                _fsync_data(self._wfd)
-                self._counters["fsyncs"] += 1
             os.close(self._wfd)
         except OSError as error:
             self._fail("closing a full segment", error)
         self._wfd = -1
-        self._unsynced = False
         self._create_segment()
+
+    def _finish_segment(self, what: str) -> None:
+        """Cut the active segment's preallocated zeros off and make it durable (its
+        records are all written out: nothing is buffered)."""
+        assert not self._buf
+        try:
+            if self._zeroed_to > self._write_offset:
+                os.ftruncate(self._wfd, self._write_offset)
+                self._zeroed_to = self._write_offset
+                self._unsynced = True  # the new size, which fdatasync commits
+            if self._unsynced:
+                if self._fsync:
+                    _fsync_data(self._wfd)
+                    self._counters["fsyncs"] += 1
+                self._unsynced = False
+        except OSError as error:
+            self._fail(what, error)
 
     def _create_segment(self) -> None:
         seq = self._active_seq + 1
         path = self._directory / segment_name(seq, self._pos.last + 1)
         try:
-            self._wfd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            self._wfd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as error:
             self._fail(f"creating segment {path}", error)
         self._segments[seq] = path
         self._active_seq = seq
+        self._write_offset = self._zeroed_to = 0
         self._buf += encode_segment_header(self._next_lsn)
         self._active_size = SEGMENT_HEADER_BYTES
         # Every segment restates where the log stands and the hard state, so that
@@ -855,15 +923,45 @@ class DurableLog:
         self._dir_dirty = True
 
     def _flush(self) -> None:
-        if not self._buf:
+        """Hand the buffered records to the OS at the write position and, when they
+        reach past the zeros ahead of it, write the next chunk of zeros after them.
+
+        Records first, then the zeros: the file never has a hole. Both are in the
+        page cache until the next fdatasync, which makes them durable together
+        (their order on disk does not matter: a crash before that sync leaves
+        zeros or some of these records after the last synced one, and recovery
+        reads either as the end of the log)."""
+        buf = self._buf
+        if not buf:
             return
+        end = self._write_offset + len(buf)
         try:
-            write_all(self._wfd, self._buf)
+            pwrite_all(self._wfd, buf, self._write_offset)
+            if end > self._zeroed_to:
+                self._zeroed_to = end  # the file grew: no zeros ahead any more
+                if self._preallocate_bytes:
+                    self._preallocate()
         except OSError as error:
             self._fail("writing a segment", error)
-        self._counters["bytes_written"] += len(self._buf)
-        self._buf.clear()
+        self._counters["bytes_written"] += len(buf)
+        self._write_offset = end
+        buf.clear()
         self._unsynced = True
+
+    def _preallocate(self) -> None:
+        """Write up to ``preallocate_bytes`` zeros at the end of the active segment."""
+        start = self._zeroed_to
+        stop = min(
+            start + self._preallocate_bytes,
+            self._segment_bytes_max + _PREALLOCATE_PAST_MAX_BYTES,
+        )
+        if stop <= start:
+            return  # the segment is about full: its last records grow it
+        if not self._zeros:
+            self._zeros = bytes(self._preallocate_bytes)
+        pwrite_all(self._wfd, memoryview(self._zeros)[: stop - start], start)
+        self._zeroed_to = stop
+        self._counters["bytes_preallocated"] += stop - start
 
     def _evict(self) -> None:
         cache = self._cache
