@@ -166,7 +166,7 @@ class LaneProtocol(asyncio.Protocol):
             self.on_resume()
 
     def write(self, frame: bytes) -> None:
-        """Queue one frame (the caller checked ``buffered_bytes``)."""
+        """Queue one frame (the caller checked ``paused`` and ``closing``)."""
         assert self.transport is not None
         if len(frame) <= _JOINED_BYTES_MAX:  # one system call for the usual small frame
             self.transport.write(_LENGTH.pack(len(frame)) + frame)
@@ -178,9 +178,9 @@ class LaneProtocol(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
-    def buffered_bytes(self) -> int:
-        """Bytes written but not yet taken by the kernel."""
-        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+    def closing(self) -> bool:
+        """Whether the connection is gone or going: nothing written now would arrive."""
+        return self.closed or self.transport is None or self.transport.is_closing()
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Close at once, discarding anything unsent."""

@@ -266,7 +266,7 @@ class Transport:
         """Send ``frame`` back along ``route``; False (and counted) if it cannot go."""
         lane = route.lane
         if lane is not None:
-            if lane.closed or self._closed:
+            if lane.closing() or self._closed:
                 self.counters.dropped_closed += 1
                 return False
             if lane.paused:
@@ -350,7 +350,7 @@ class Transport:
 
     def _try_send(self, connection: _Watched, frame: bytes) -> bool:
         lane = connection.lane
-        if lane is not None:
+        if lane is not None and not lane.closing():  # a closing one: ZeroMQ until it is gone
             if lane.paused:
                 return False
             lane.write(frame)

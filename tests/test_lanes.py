@@ -381,3 +381,23 @@ async def test_closing_a_transport_closes_its_lanes() -> None:
                     await anyio.sleep(0.002)
             await wait_until(lambda: len(server._inbound_lanes) == 1)
         await wait_until(lambda: not server._inbound_lanes)  # the peer saw it close
+
+
+@anyio_test
+async def test_a_frame_sent_while_a_lane_is_closing_goes_through_zeromq() -> None:
+    received: list[bytes] = []
+    server = listening(collecting(received))
+    client = Transport(TransportConfig(), lambda frames: None)
+    address = server.bound_address
+    assert address is not None
+    async with serving(server, client):
+        with anyio.fail_after(10):
+            while client.counters.lanes_opened == 0:
+                assert client.send_nowait(address, b"warm-up")
+                await anyio.sleep(0.002)
+        lane = client._connections[address].lane
+        assert lane is not None and lane.transport is not None
+        lane.transport.close()  # closing: its connection_lost comes on a later turn
+        assert client.send_nowait(address, b"while closing")
+        await wait_until(lambda: b"while closing" in received)
+        await wait_until(lambda: client.counters.lanes_failed == 1)
