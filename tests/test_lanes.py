@@ -13,6 +13,7 @@ import struct
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from itertools import pairwise
+from typing import Any
 
 import anyio
 import pytest
@@ -54,8 +55,8 @@ async def serving(*transports: Transport) -> AsyncIterator[None]:
             transport.close()
 
 
-def listening(on_frames: Callable[[list[InboundFrame]], None], **config: object) -> Transport:
-    transport = Transport(TransportConfig(**config), on_frames)  # type: ignore[arg-type]
+def listening(on_frames: Callable[[list[InboundFrame]], None], **config: Any) -> Transport:
+    transport = Transport(TransportConfig(**config), on_frames)
     transport.bind("tcp://127.0.0.1:0")
     return transport
 
