@@ -159,11 +159,11 @@ class TransportConfig(_Section):
         description="Bytes waiting to be written on one lane beyond which sends to it stop: "
         "an awaited send waits up to send_timeout_ms, others are dropped and counted.",
     )
-    lane_held_frames_max: int = Field(
-        10_000,
-        ge=1,
-        description="Frames a listener holds on a new lane until the sender's barrier "
-        "arrives through ZeroMQ; a lane that sends more is closed.",
+    lane_held_bytes_max: int = Field(
+        16 * _MIB,
+        ge=64 * 1024,
+        description="Bytes of frames a listener holds on a new lane until the sender's "
+        "barrier arrives through ZeroMQ; a lane that sends more first is closed.",
     )
     lane_connect_timeout_ms: int = Field(
         1_000, ge=1, description="How long opening a lane's TCP connection may take."

@@ -136,6 +136,7 @@ class LaneProtocol(asyncio.Protocol):
         # The listening side's bookkeeping: frames held until the barrier, and
         # whether the lane has been matched with its token and released.
         self.held: list[bytes] = []
+        self.held_bytes = 0
         self.registered = False
         self.active = False
 

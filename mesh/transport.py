@@ -509,7 +509,8 @@ class Transport:
                 self._deliver([InboundFrame(frame, Route(lane=lane)) for frame in frames])
             return
         lane.held.extend(frames)
-        if len(lane.held) > self.config.lane_held_frames_max:
+        lane.held_bytes += sum(map(len, frames))
+        if lane.held_bytes > self.config.lane_held_bytes_max:
             lane.abort(LaneError("too many frames before the lane's barrier"))
 
     def _release(self, lane: LaneProtocol) -> list[InboundFrame]:
@@ -517,6 +518,7 @@ class Transport:
         lane.active = True
         self.counters.lanes_accepted += 1
         held, lane.held = lane.held, []
+        lane.held_bytes = 0
         self.counters.lane_frames_received += len(held)
         return [InboundFrame(frame, Route(lane=lane)) for frame in held]
 
@@ -526,6 +528,7 @@ class Transport:
         if token is not None and self._lanes_by_token.get(token) is lane:
             del self._lanes_by_token[token]
         lane.held = []
+        lane.held_bytes = 0
         if isinstance(exc, LaneError):
             self.counters.lanes_refused += 1
             log.info("lane closed: %s", exc)

@@ -304,8 +304,8 @@ async def test_a_barrier_that_overtakes_the_hello_still_releases_the_lane() -> N
         ({}, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "not a lane"),
         ({"frame_size_bytes_hard_max": 4096}, HELLO + b"k" * TOKEN_BYTES
          + struct.pack(">I", 4097), "oversized frame"),
-        ({"lane_held_frames_max": 5}, HELLO + b"h" * TOKEN_BYTES
-         + framed(*[b"x"] * 6), "too much held before a barrier"),
+        ({"lane_held_bytes_max": 64 * 1024}, HELLO + b"h" * TOKEN_BYTES
+         + framed(b"x" * 40_000, b"y" * 40_000), "too much held before a barrier"),
     ],
 )
 @anyio_test
