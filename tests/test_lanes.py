@@ -90,6 +90,18 @@ def lane_port(dealer: zmq.Socket[bytes]) -> int:
     return int(port)
 
 
+def asked_lane_port(address: str) -> int:
+    with raw_dealer(address) as dealer:
+        return lane_port(dealer)
+
+
+@asynccontextmanager
+async def hand_played_peer(address: str) -> AsyncIterator[tuple[zmq.Socket[bytes], int]]:
+    """A raw DEALER connected to ``address``, and the lane port its listener gave."""
+    with raw_dealer(address) as dealer:
+        yield dealer, await anyio.to_thread.run_sync(lane_port, dealer)
+
+
 # -- the frame reader ------------------------------------------------------------
 
 
@@ -265,8 +277,7 @@ async def test_lane_frames_wait_for_the_barrier_behind_the_zeromq_ones() -> None
     assert address is not None
     token = b"t" * TOKEN_BYTES
     async with serving(server):
-        with raw_dealer(address) as dealer:
-            port = await anyio.to_thread.run_sync(lane_port, dealer)
+        async with hand_played_peer(address) as (dealer, port):
             with socket.create_connection(("127.0.0.1", port)) as lane:
                 lane.sendall(HELLO + token + framed(b"lane-1", b"lane-2"))
                 dealer.send(b"zmq-1")
@@ -287,8 +298,7 @@ async def test_a_barrier_that_overtakes_the_hello_still_releases_the_lane() -> N
     assert address is not None
     token = b"b" * TOKEN_BYTES
     async with serving(server):
-        with raw_dealer(address) as dealer:
-            port = await anyio.to_thread.run_sync(lane_port, dealer)
+        async with hand_played_peer(address) as (dealer, port):
             dealer.send_multipart([MARKER, BARRIER, token])
             dealer.send(b"zmq-1")
             await wait_until(lambda: received == [b"zmq-1"])
@@ -318,8 +328,7 @@ async def test_a_misbehaving_lane_is_closed_and_counted_and_the_node_goes_on(
     address = server.bound_address
     assert address is not None
     async with serving(server, client):
-        with raw_dealer(address) as dealer:
-            port = await anyio.to_thread.run_sync(lane_port, dealer)
+        port = await anyio.to_thread.run_sync(asked_lane_port, address)
         with socket.create_connection(("127.0.0.1", port)) as bad:
             bad.sendall(payload)
             await wait_until(lambda: server.counters.lanes_refused == 1)

@@ -521,11 +521,7 @@ class DurableLog:
         owner reads (see ``write_out``); no write may run meanwhile.
         """
         try:
-            if self._unsynced:
-                if self._fsync:
-                    _fsync_data(self._wfd)
-                    self._counters["fsyncs"] += 1
-                self._unsynced = False
+            self._fdatasync_if_unsynced()
             if self._dir_dirty:
                 if self._fsync:
                     fsync_directory(self._dir_fd)
@@ -863,13 +859,16 @@ class DurableLog:
                 os.ftruncate(self._wfd, self._write_offset)
                 self._zeroed_to = self._write_offset
                 self._unsynced = True  # the new size, which fdatasync commits
-            if self._unsynced:
-                if self._fsync:
-                    _fsync_data(self._wfd)
-                    self._counters["fsyncs"] += 1
-                self._unsynced = False
+            self._fdatasync_if_unsynced()
         except OSError as error:
             self._fail(what, error)
+
+    def _fdatasync_if_unsynced(self) -> None:
+        if self._unsynced:
+            if self._fsync:
+                _fsync_data(self._wfd)
+                self._counters["fsyncs"] += 1
+            self._unsynced = False
 
     def _create_segment(self) -> None:
         seq = self._active_seq + 1
