@@ -106,6 +106,7 @@ class TransportCounters:
     lanes_refused: int = 0  # inbound lanes closed: bad framing, too many, too much held
     lane_frames_sent: int = 0
     lane_frames_received: int = 0
+    lane_controls_invalid: int = 0  # lane messages on ZeroMQ of unknown kind or shape
 
     def as_dict(self) -> dict[str, int]:
         """Counters as a plain mapping."""
@@ -554,10 +555,15 @@ class Transport:
                 self._barriers_early[payload] = None  # the lane's hello is still on its way
                 while len(self._barriers_early) > self.config.connections_max:
                     self._barriers_early.popitem(last=False)
+            else:
+                self.counters.lane_controls_invalid += 1
             return
-        if kind != PORT or reader.lane_state != _LANE_ASKED:
-            return  # a late answer to an earlier ask
         port = parse_port(payload)
+        if kind != PORT or (payload and port is None):
+            self.counters.lane_controls_invalid += 1
+            return
+        if reader.lane_state != _LANE_ASKED:
+            return  # a late answer to an earlier ask
         host = _tcp_host(reader.address)
         if port is None or host is None or self._lane_tasks is None:
             self._lane_later(reader, self.config.reconnect_interval_max_ms / 1000)

@@ -411,3 +411,39 @@ async def test_a_frame_sent_while_a_lane_is_closing_goes_through_zeromq() -> Non
         assert client.send_nowait(address, b"while closing")
         await wait_until(lambda: b"while closing" in received)
         await wait_until(lambda: client.counters.lanes_failed == 1)
+
+
+@anyio_test
+async def test_malformed_lane_messages_on_zeromq_are_counted_and_ignored() -> None:
+    received: list[bytes] = []
+    server = listening(collecting(received))
+    address = server.bound_address
+    assert address is not None
+    async with serving(server):
+        with raw_dealer(address) as dealer:
+            dealer.send_multipart([MARKER, b"shout", b""])
+            dealer.send_multipart([MARKER, BARRIER, b"short"])
+            dealer.send(b"after")
+            await wait_until(lambda: received == [b"after"])
+    assert server.counters.lane_controls_invalid == 2
+    assert server.counters.lanes_accepted == 0
+
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = context.socket(zmq.ROUTER)  # a listener answering nonsense
+    router.setsockopt(zmq.LINGER, 0)
+    router_port = router.bind_to_random_port("tcp://127.0.0.1")
+    client = Transport(TransportConfig(), lambda frames: None)
+    try:
+        async with serving(client):
+            assert client.send_nowait(f"tcp://127.0.0.1:{router_port}", b"hello")
+            identity, *ask = await anyio.to_thread.run_sync(router.recv_multipart)
+            assert ask == [MARKER, ASK, b""]
+            router.send_multipart([identity, MARKER, PORT, b"99999"])
+            router.send_multipart([identity, MARKER, b"what", b""])
+            await wait_until(lambda: client.counters.lane_controls_invalid == 2)
+            assert client.send_nowait(f"tcp://127.0.0.1:{router_port}", b"still here")
+            frames = [await anyio.to_thread.run_sync(router.recv_multipart) for _ in range(2)]
+    finally:
+        context.destroy(linger=0)
+    assert [parts[1:] for parts in frames] == [[b"hello"], [b"still here"]]
+    assert client.counters.lanes_opened == 0
