@@ -65,6 +65,14 @@ def collecting(into: list[bytes]) -> Callable[[list[InboundFrame]], None]:
     return lambda frames: into.extend(frame.frame for frame in frames)
 
 
+def collecting_listener(**config: Any) -> tuple[Transport, str, list[bytes]]:
+    """A listener that keeps every frame it receives, its address, and that list."""
+    received: list[bytes] = []
+    server = listening(collecting(received), **config)
+    assert server.bound_address is not None
+    return server, server.bound_address, received
+
+
 def framed(*frames: bytes) -> bytes:
     return b"".join(struct.pack(">I", len(frame)) + frame for frame in frames)
 
@@ -139,11 +147,8 @@ def test_the_reader_refuses_a_wrong_hello_and_an_oversized_frame() -> None:
 
 @anyio_test
 async def test_frames_move_to_a_lane_and_keep_their_order() -> None:
-    received: list[bytes] = []
-    server = listening(collecting(received))
+    server, address, received = collecting_listener()
     client = Transport(TransportConfig(), lambda frames: None)
-    address = server.bound_address
-    assert address is not None
     async with serving(server, client):
         # A steady stream while the lane is asked for, opened and switched to: the
         # frames still in ZeroMQ at the switch must come out before the lane's.
@@ -186,11 +191,8 @@ async def test_answers_to_frames_that_came_by_lane_go_back_on_it() -> None:
 
 @anyio_test
 async def test_a_broken_lane_falls_back_to_zeromq_and_is_opened_again() -> None:
-    received: list[bytes] = []
-    server = listening(collecting(received))
+    server, address, received = collecting_listener()
     client = Transport(TransportConfig(reconnect_interval_ms=20), lambda frames: None)
-    address = server.bound_address
-    assert address is not None
     sent = 0
 
     async def send_until(condition: Callable[[], bool]) -> None:
@@ -218,12 +220,9 @@ async def test_a_broken_lane_falls_back_to_zeromq_and_is_opened_again() -> None:
 
 @anyio_test
 async def test_a_listener_without_lanes_keeps_its_peers_on_zeromq() -> None:
-    received: list[bytes] = []
-    server = listening(collecting(received), lanes=False)
+    server, address, received = collecting_listener(lanes=False)
     client = Transport(TransportConfig(), lambda frames: None)
     quiet = Transport(TransportConfig(lanes=False), lambda frames: None)
-    address = server.bound_address
-    assert address is not None
     async with serving(server, client, quiet):
         for number in range(100):
             assert client.send_nowait(address, b"c%d" % number)
@@ -271,10 +270,7 @@ async def test_an_unanswered_ask_is_repeated_after_its_timeout() -> None:
 
 @anyio_test
 async def test_lane_frames_wait_for_the_barrier_behind_the_zeromq_ones() -> None:
-    received: list[bytes] = []
-    server = listening(collecting(received))
-    address = server.bound_address
-    assert address is not None
+    server, address, received = collecting_listener()
     token = b"t" * TOKEN_BYTES
     async with serving(server):
         async with hand_played_peer(address) as (dealer, port):
@@ -292,10 +288,7 @@ async def test_lane_frames_wait_for_the_barrier_behind_the_zeromq_ones() -> None
 
 @anyio_test
 async def test_a_barrier_that_overtakes_the_hello_still_releases_the_lane() -> None:
-    received: list[bytes] = []
-    server = listening(collecting(received))
-    address = server.bound_address
-    assert address is not None
+    server, address, received = collecting_listener()
     token = b"b" * TOKEN_BYTES
     async with serving(server):
         async with hand_played_peer(address) as (dealer, port):
@@ -322,11 +315,8 @@ async def test_a_barrier_that_overtakes_the_hello_still_releases_the_lane() -> N
 async def test_a_misbehaving_lane_is_closed_and_counted_and_the_node_goes_on(
     config: dict[str, int], payload: bytes, reason: str
 ) -> None:
-    received: list[bytes] = []
-    server = listening(collecting(received), **config)
+    server, address, received = collecting_listener(**config)
     client = Transport(TransportConfig(), lambda frames: None)
-    address = server.bound_address
-    assert address is not None
     async with serving(server, client):
         port = await anyio.to_thread.run_sync(asked_lane_port, address)
         with socket.create_connection(("127.0.0.1", port)) as bad:
@@ -378,11 +368,8 @@ async def test_a_lane_whose_peer_stops_reading_is_bounded() -> None:
 
 @anyio_test
 async def test_closing_a_transport_closes_its_lanes() -> None:
-    received: list[bytes] = []
-    server = listening(collecting(received))
+    server, address, _ = collecting_listener()
     client = Transport(TransportConfig(), lambda frames: None)
-    address = server.bound_address
-    assert address is not None
     async with serving(server):
         async with serving(client):
             with anyio.fail_after(10):
@@ -395,11 +382,8 @@ async def test_closing_a_transport_closes_its_lanes() -> None:
 
 @anyio_test
 async def test_a_frame_sent_while_a_lane_is_closing_goes_through_zeromq() -> None:
-    received: list[bytes] = []
-    server = listening(collecting(received))
+    server, address, received = collecting_listener()
     client = Transport(TransportConfig(), lambda frames: None)
-    address = server.bound_address
-    assert address is not None
     async with serving(server, client):
         with anyio.fail_after(10):
             while client.counters.lanes_opened == 0:
@@ -415,10 +399,7 @@ async def test_a_frame_sent_while_a_lane_is_closing_goes_through_zeromq() -> Non
 
 @anyio_test
 async def test_malformed_lane_messages_on_zeromq_are_counted_and_ignored() -> None:
-    received: list[bytes] = []
-    server = listening(collecting(received))
-    address = server.bound_address
-    assert address is not None
+    server, address, received = collecting_listener()
     async with serving(server):
         with raw_dealer(address) as dealer:
             dealer.send_multipart([MARKER, b"shout", b""])
