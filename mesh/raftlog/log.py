@@ -19,14 +19,15 @@ Preallocation. An ``fdatasync`` that grows the file must also commit the new
 size through the filesystem journal; one that only overwrites blocks already
 written does not. On ext4, three processes each appending one 350-byte entry
 and syncing at once took a median of 140 - 160 us per append and sync this way
-against 180 - 205 growing the file. So the active segment keeps a region of zero bytes
-ahead of its records: records are written with ``pwrite`` at the tracked write
-position (the file is not opened ``O_APPEND``), and when a write would reach
-past the zeros, ``preallocate_bytes`` more zeros (1 MiB by default) are written
-after it, up to ``segment_bytes_max`` plus some room for the records that cross
-it. The zeros are really written: ``posix_fallocate`` would leave "unwritten"
-extents whose first write is again a journal commit. The zeros and the records
-before them are made durable by the same ``fdatasync`` (the next sync), which
+against 180 - 205 growing the file. So the active segment keeps a region of
+zero bytes ahead of its records: records are written with ``pwrite`` where
+they belong, the segment's size less what is still buffered (the file is not
+opened ``O_APPEND``), and when a write would reach past the zeros,
+``preallocate_bytes`` more zeros (1 MiB by default) are written after it, up
+to ``segment_bytes_max`` plus some room for the records that cross it. The
+zeros are really written: ``posix_fallocate`` would leave "unwritten" extents
+whose first write is again a journal commit. The zeros and the records before
+them are made durable by the same ``fdatasync`` (the next sync), which
 commits the new size once per chunk; the syncs after it need no journal commit.
 When a segment is finished (a roll, or ``close``) it is cut back to its last
 record and fdatasynced before anything else happens, so only the last segment
@@ -177,7 +178,6 @@ class DurableLog:
         "_unsynced",
         "_wfd",
         "_write_buffer_bytes",
-        "_write_offset",
         "_written_hard",
         "_zeroed_to",
         "_zeros",
@@ -243,7 +243,6 @@ class DurableLog:
         self._write_buffer_bytes = write_buffer_bytes
         self._preallocate_bytes = preallocate_bytes
         self._zeros = b""  # preallocate_bytes of zeros, made at the first use
-        self._write_offset = 0  # where the write buffer goes in the active segment
         self._zeroed_to = 0  # the active segment's size: zeros from the records' end
         self._closed = True  # until the files are open
         self._failed: str | None = None
@@ -330,11 +329,10 @@ class DurableLog:
         self._closed = False
         if self._segments:
             self._active_seq = max(self._segments)
-            # Not O_APPEND: records go at _write_offset, before the preallocated zeros.
-            # Recovery cut any zero tail, so the file ends at its last record.
+            # Not O_APPEND: records go at their offsets, before the preallocated
+            # zeros. Recovery cut any zero tail, so the file ends at its last record.
             self._wfd = os.open(self._segments[self._active_seq], os.O_WRONLY)
-            self._active_size = os.fstat(self._wfd).st_size
-            self._write_offset = self._zeroed_to = self._active_size
+            self._active_size = self._zeroed_to = os.fstat(self._wfd).st_size
         else:
             self._active_seq = 0
             self._create_segment()
@@ -404,7 +402,8 @@ class DurableLog:
         buf = self._buf
         segment_bytes_max, write_buffer_bytes = self._segment_bytes_max, self._write_buffer_bytes
         # Every voter appends every entry: the loop keeps the counters in locals and
-        # stores them back before anything that reads them (a roll) and at the end.
+        # stores them back before anything that reads them (a roll, a flush) and at
+        # the end.
         lsn, offset, segment = self._next_lsn, self._active_size, self._active_seq
         cached_bytes = 0
         for count, entry in enumerate(entries):
@@ -419,6 +418,7 @@ class DurableLog:
             cache[entry.index] = entry
             cached_bytes += len(entry.data)
             if len(buf) >= write_buffer_bytes:
+                self._active_size = offset  # where the flush puts the buffer
                 self._flush()
         self._next_lsn, self._active_size = lsn, offset
         self._cache_bytes += cached_bytes + ENTRY_SIZE_OVERHEAD_BYTES * len(entries)
@@ -701,7 +701,7 @@ class DurableLog:
         return found
 
     def _pread(self, seq: int, offset: int, size: int) -> bytes:
-        if seq == self._active_seq and offset + size > self._write_offset:
+        if seq == self._active_seq and offset + size > self._active_size - len(self._buf):
             self._flush()  # the records are still in our buffer: hand them to the OS
         fd = self._readers.get(seq)
         if fd is None:
@@ -855,9 +855,9 @@ class DurableLog:
         records are all written out: nothing is buffered)."""
         assert not self._buf
         try:
-            if self._zeroed_to > self._write_offset:
-                os.ftruncate(self._wfd, self._write_offset)
-                self._zeroed_to = self._write_offset
+            if self._zeroed_to > self._active_size:
+                os.ftruncate(self._wfd, self._active_size)
+                self._zeroed_to = self._active_size
                 self._unsynced = True  # the new size, which fdatasync commits
             self._fdatasync_if_unsynced()
         except OSError as error:
@@ -879,7 +879,7 @@ class DurableLog:
             self._fail(f"creating segment {path}", error)
         self._segments[seq] = path
         self._active_seq = seq
-        self._write_offset = self._zeroed_to = 0
+        self._zeroed_to = 0
         self._buf += encode_segment_header(self._next_lsn)
         self._active_size = SEGMENT_HEADER_BYTES
         # Every segment restates where the log stands and the hard state, so that
@@ -923,8 +923,9 @@ class DurableLog:
         self._dir_dirty = True
 
     def _flush(self) -> None:
-        """Hand the buffered records to the OS at the write position and, when they
-        reach past the zeros ahead of it, write the next chunk of zeros after them.
+        """Hand the buffered records to the OS where they go (the active segment's
+        size less what is buffered) and, when they reach past the zeros ahead of
+        them, write the next chunk of zeros after them.
 
         Records first, then the zeros: the file never has a hole. Both are in the
         page cache until the next fdatasync, which makes them durable together
@@ -934,9 +935,9 @@ class DurableLog:
         buf = self._buf
         if not buf:
             return
-        end = self._write_offset + len(buf)
+        end = self._active_size
         try:
-            pwrite_all(self._wfd, buf, self._write_offset)
+            pwrite_all(self._wfd, buf, end - len(buf))
             if end > self._zeroed_to:
                 self._zeroed_to = end  # the file grew: no zeros ahead any more
                 if self._preallocate_bytes:
@@ -944,7 +945,6 @@ class DurableLog:
         except OSError as error:
             self._fail("writing a segment", error)
         self._counters["bytes_written"] += len(buf)
-        self._write_offset = end
         buf.clear()
         self._unsynced = True
 
