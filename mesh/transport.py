@@ -128,8 +128,7 @@ class _Watched:
     # The lane to this peer (DEALERs only): its state, and when to ask again.
     lane: LaneProtocol | None = None
     lane_state: int = 0  # _LANE_IDLE, _LANE_ASKED, _LANE_CONNECTING or _LANE_OPEN
-    lane_since: float = 0.0  # loop time of the last ask
-    lane_retry_at: float = 0.0  # loop time before which no ask is sent
+    lane_retry_at: float = 0.0  # loop time before which no ask is sent (again)
     lane_backoff_s: float = 0.0
 
 
@@ -358,7 +357,7 @@ class Transport:
             self.counters.frames_sent += 1
             self.counters.lane_frames_sent += 1
             return True
-        if connection.lane_state == _LANE_IDLE or connection.lane_state == _LANE_ASKED:
+        if connection.lane_state in (_LANE_IDLE, _LANE_ASKED):  # none, or an answer due
             self._ask_for_lane(connection)
         try:
             # Always copied: a zero-copy send hands the buffer's release to pyzmq's
@@ -457,8 +456,9 @@ class Transport:
         if events & zmq.POLLOUT and reader.room is not None:
             reader.room.set()
         if batch:
-            self.counters.frames_received += len(batch)
-            self._on_frames(batch)
+            self._deliver(batch)
+            if self._failure is not None:
+                return  # serve ends with the handler's error
         if events & zmq.POLLIN:
             self._queue_drain(reader)  # let other callbacks run first
 
@@ -576,17 +576,14 @@ class Transport:
         if loop is None or self._lane_tasks is None or not self.config.lanes:
             return
         now = loop.time()
-        if connection.lane_state == _LANE_ASKED:
-            if now - connection.lane_since < self.config.lane_answer_timeout_ms / 1000:
-                return
-        elif now < connection.lane_retry_at:
+        if now < connection.lane_retry_at:
             return
         try:
             connection.socket.send_multipart([MARKER, ASK, b""], zmq.NOBLOCK)
         except zmq.ZMQError:
             return
         connection.lane_state = _LANE_ASKED
-        connection.lane_since = now
+        connection.lane_retry_at = now + self.config.lane_answer_timeout_ms / 1000
 
     async def _open_lane(self, connection: _Watched, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -657,7 +654,7 @@ class Transport:
             connection.room.set()
 
     def _deliver(self, batch: list[InboundFrame]) -> None:
-        """Hand frames read from a lane to the node, as a drain does for ZeroMQ."""
+        """Hand received frames to the node; a handler's error ends ``serve``."""
         self.counters.frames_received += len(batch)
         try:
             self._on_frames(batch)
