@@ -506,8 +506,7 @@ class Transport:
                 self._lanes_by_token[token] = lane
         if lane.active:
             if frames:
-                self.counters.lane_frames_received += len(frames)
-                self._deliver([InboundFrame(frame, Route(lane=lane)) for frame in frames])
+                self._deliver(self._lane_inbound(frames, Route(lane=lane)))
             return
         lane.held.extend(frames)
         lane.held_bytes += sum(map(len, frames))
@@ -520,8 +519,12 @@ class Transport:
         self.counters.lanes_accepted += 1
         held, lane.held = lane.held, []
         lane.held_bytes = 0
-        self.counters.lane_frames_received += len(held)
-        return [InboundFrame(frame, Route(lane=lane)) for frame in held]
+        return self._lane_inbound(held, Route(lane=lane))
+
+    def _lane_inbound(self, frames: list[bytes], route: Route) -> list[InboundFrame]:
+        """``frames`` read from a lane, counted, with the route to answer them by."""
+        self.counters.lane_frames_received += len(frames)
+        return [InboundFrame(frame, route) for frame in frames]
 
     def _inbound_lane_closed(self, lane: LaneProtocol, exc: BaseException | None) -> None:
         self._inbound_lanes.discard(lane)
@@ -625,9 +628,7 @@ class Transport:
 
     def _answers_by_lane(self, connection: _Watched, frames: list[bytes]) -> None:
         if frames and not connection.closed:
-            self.counters.lane_frames_received += len(frames)
-            address = connection.address
-            self._deliver([InboundFrame(frame, Route(address=address)) for frame in frames])
+            self._deliver(self._lane_inbound(frames, Route(address=connection.address)))
 
     def _outbound_lane_closed(self, connection: _Watched, lane: LaneProtocol) -> None:
         if connection.lane is lane:
