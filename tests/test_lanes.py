@@ -20,6 +20,7 @@ import pytest
 import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transport_helpers import serving, wait_until
 
 from mesh.config import TransportConfig
 from mesh.lane import ASK, BARRIER, HELLO, MARKER, PORT, TOKEN_BYTES, FrameReader, LaneError
@@ -32,27 +33,6 @@ anyio_test = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-async def wait_until(condition: Callable[[], bool], deadline_s: float = 10.0) -> None:
-    with anyio.fail_after(deadline_s):
-        while not condition():
-            await anyio.sleep(0.002)
-
-
-@asynccontextmanager
-async def serving(*transports: Transport) -> AsyncIterator[None]:
-    try:
-        async with anyio.create_task_group() as tg:
-            for transport in transports:
-                await tg.start(transport.serve)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
-    finally:
-        for transport in transports:
-            transport.close()
 
 
 def listening(on_frames: Callable[[list[InboundFrame]], None], **config: Any) -> Transport:

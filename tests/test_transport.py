@@ -7,11 +7,9 @@ deadline and closes both transports, even on failure.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-
 import anyio
 import pytest
+from transport_helpers import serving, wait_until
 
 from mesh.config import TransportConfig
 from mesh.transport import InboundFrame, Transport
@@ -22,23 +20,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-async def wait_until(condition: Callable[[], bool], deadline_s: float = 10.0) -> None:
-    with anyio.fail_after(deadline_s):
-        while not condition():
-            await anyio.sleep(0.005)
-
-
-@asynccontextmanager
-async def serving(*transports: Transport) -> AsyncIterator[None]:
-    async with anyio.create_task_group() as tg:
-        for transport in transports:
-            await tg.start(transport.serve)
-        try:
-            yield
-        finally:
-            tg.cancel_scope.cancel()
 
 
 def listener(received: list[bytes], **config: int) -> Transport:
