@@ -1274,6 +1274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    # Ctrl-C must clean up even when the run was started with SIGINT ignored (as a
+    # background job of a non-interactive shell is), which Python leaves ignored.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         report = BENCHES[args.system](
             args.seconds,
@@ -1291,6 +1294,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     print(json.dumps(report, indent=2) if args.json else _format(report))
     return 0
 

@@ -154,6 +154,43 @@ def test_interrupting_the_etcd_run_stops_and_removes_the_cluster(
     _interrupt_during(tmp_path, "etcd", phase, signal.SIGINT)
 
 
+_FAKE_RUN = """
+import asyncio, sys
+sys.path.insert(0, {scripts!r})
+import raft_peers
+
+async def _load() -> None:
+    print("raft_peers: fake: throughput", file=sys.stderr, flush=True)
+    await asyncio.sleep(120)
+
+def bench_fake(*_args, **_options):
+    asyncio.run(_load())
+
+raft_peers.BENCHES["fake"] = bench_fake
+sys.exit(raft_peers.main(["--system", "fake"]))
+"""
+
+
+def test_ctrl_c_stops_a_run_started_with_sigint_ignored(tmp_path: Path) -> None:
+    # A background job of a non-interactive shell starts with SIGINT ignored, and
+    # Python then leaves it so: the run would go on for its whole length.
+    with open(tmp_path / "stderr.txt", "wb") as stderr:
+        bench = subprocess.Popen(
+            [sys.executable, "-c", _FAKE_RUN.format(scripts=str(SCRIPT.parent))],
+            stdout=subprocess.DEVNULL, stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "fake: throughput" in _stderr(tmp_path), timeout_s=30, what="the run")
+        bench.send_signal(signal.SIGINT)
+        assert bench.wait(timeout=30) == 130, _stderr(tmp_path)
+        assert "interrupted" in _stderr(tmp_path)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+
+
 @needs_pysyncobj
 @pytest.mark.skipif(not Path("/usr/bin/setpriv").exists(), reason="needs util-linux setpriv")
 def test_replicas_die_with_a_killed_benchmark(tmp_path: Path) -> None:
