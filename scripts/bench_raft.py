@@ -39,7 +39,7 @@ import anyio
 
 from mesh.collector import tune_collector
 from mesh.config import NodeConfig
-from mesh.kv_client import KVClient, KVError
+from mesh.kv_client import KVClient, KVError, KVInvalid
 from mesh.launcher import ClusterLauncher
 from mesh.layout import write_cluster_file
 from mesh.status import gather_status
@@ -224,8 +224,21 @@ def main() -> int:
     args = parser.parse_args()
     if args.client_gc_threshold < 0:
         parser.error("--client-gc-threshold must be 0 (Python's defaults) or more")
+    if not args.seconds > 0:
+        parser.error(f"--seconds ({args.seconds}) must be positive")
+    for name in ("outstanding", "keys", "value_bytes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} ({getattr(args, name)}) must be at least 1")
+    if args.failovers < 0:
+        parser.error(f"--failovers ({args.failovers}) must not be negative")
     tune_collector(args.client_gc_threshold)
-    results = [anyio.run(bench_agentmesh, args)]
+    try:
+        results = [anyio.run(bench_agentmesh, args)]
+    except* KVInvalid as refused:  # such as a value above the cluster's size limits
+        reason: BaseException = refused
+        while isinstance(reason, BaseExceptionGroup):
+            reason = reason.exceptions[0]
+        parser.exit(2, f"bench_raft: the cluster refused the writes: {reason}\n")
     results[0]["client_gc_young_threshold"] = args.client_gc_threshold
     peers = [name for name in ("pysyncobj", "etcd") if getattr(args, name)]
     if peers:

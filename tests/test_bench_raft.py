@@ -30,3 +30,32 @@ def test_the_raft_benchmark_runs_and_reports_every_figure(client_gc_threshold: i
     assert report["client_gc_young_threshold"] == client_gc_threshold
     voters = report["counters"]
     assert len(voters) == 3 and sum(c["leader_changes"] for c in voters.values()) >= 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--seconds", "0", "--seconds (0.0) must be positive"),
+        ("--seconds", "nan", "--seconds (nan) must be positive"),
+        ("--outstanding", "0", "--outstanding (0) must be at least 1"),
+        ("--keys", "-3", "--keys (-3) must be at least 1"),
+        ("--value-bytes", "0", "--value-bytes (0) must be at least 1"),
+        ("--failovers", "-1", "--failovers (-1) must not be negative"),
+    ],
+)
+def test_bad_options_exit_2_naming_the_value(option: str, value: str, message: str) -> None:
+    result = subprocess.run([sys.executable, str(SCRIPT), option, value],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_value_the_cluster_refuses_is_named_not_a_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--seconds", "1", "--outstanding", "2",
+         "--failovers", "0", "--value-bytes", "1000000"],
+        capture_output=True, text=True, timeout=220,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "the cluster refused the writes" in result.stderr
+    assert "raft.max_bytes_per_append" in result.stderr and "Traceback" not in result.stderr
