@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import functools
+import io
 import json
 import logging
 import os
@@ -171,6 +172,10 @@ def _run_node_hooks(node: Node, options: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
+    # A line as soon as it is printed, also into a pipe: whoever runs `up` or `demo`
+    # under a supervisor or a test reads "cluster running" when it is true.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)

@@ -29,6 +29,11 @@ from mesh.up_process import process_alive as pid_alive
 
 T = TypeVar("T")
 
+# The processes tests start must not lean on the runner's environment: a fresh
+# machine has no PYTHONUNBUFFERED, and without it a child printing into a pipe
+# holds its lines back (`up` once kept "cluster running" to itself that way).
+os.environ.pop("PYTHONUNBUFFERED", None)
+
 
 def wait_for(
     condition: Callable[[], T | None],
