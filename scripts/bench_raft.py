@@ -205,6 +205,19 @@ def _ms(seconds: float) -> float:
     return seconds * 1000
 
 
+def _refusal_in(error: BaseException) -> KVInvalid | None:
+    """The cluster's refusal of a write (such as a value above its size limits) that
+    ``error`` is or holds, if any."""
+    if isinstance(error, KVInvalid):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            refusal = _refusal_in(inner)
+            if refusal is not None:
+                return refusal
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -234,11 +247,12 @@ def main() -> int:
     tune_collector(args.client_gc_threshold)
     try:
         results = [anyio.run(bench_agentmesh, args)]
-    except* KVInvalid as refused:  # such as a value above the cluster's size limits
-        reason: BaseException = refused
-        while isinstance(reason, BaseExceptionGroup):
-            reason = reason.exceptions[0]
-        parser.exit(2, f"bench_raft: the cluster refused the writes: {reason}\n")
+    except (KVInvalid, BaseExceptionGroup) as error:
+        # Not `except*`: before 3.11.4 an exit raised inside it came out wrapped in a group.
+        refusal = _refusal_in(error)
+        if refusal is None:
+            raise
+        parser.exit(2, f"bench_raft: the cluster refused the writes: {refusal}\n")
     results[0]["client_gc_young_threshold"] = args.client_gc_threshold
     peers = [name for name in ("pysyncobj", "etcd") if getattr(args, name)]
     if peers:
