@@ -29,7 +29,7 @@ import anyio
 from mesh import __version__
 from mesh.collector import tune_collector
 from mesh.config import defaults_toml, load_config
-from mesh.errors import ClusterError, MeshError
+from mesh.errors import ClusterError, MeshError, exception_leaves
 from mesh.gossip_cli import GossipCommandError, gossip_command, parse_value
 from mesh.kv_cli import register as register_kv_commands
 from mesh.launcher import ClusterLauncher
@@ -195,18 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _mesh_errors_only(group: BaseExceptionGroup[BaseException]) -> list[MeshError] | None:
     """The ``MeshError``s of a (nested) exception group, or None if it holds anything else."""
-    found: list[MeshError] = []
-    for error in group.exceptions:
-        if isinstance(error, MeshError):
-            found.append(error)
-        elif isinstance(error, BaseExceptionGroup):
-            inner = _mesh_errors_only(error)
-            if inner is None:
-                return None
-            found += inner
-        else:
-            return None
-    return found
+    leaves = exception_leaves(group)
+    found = [e for e in leaves if isinstance(e, MeshError)]
+    return found if len(found) == len(leaves) else None
 
 
 def _ca_init(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ __all__ = [
     "Overloaded",
     "RequestTimeout",
     "TransportError",
+    "exception_leaves",
 ]
 
 
@@ -65,3 +66,11 @@ class Overloaded(MeshError):
 
 class ClusterError(MeshError):
     """A local cluster directory is missing, incomplete or inconsistent."""
+
+
+def exception_leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside ``error`` in order, nested exception groups (from task
+    groups) flattened; ``[error]`` for an exception that is not a group."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in exception_leaves(inner)]
+    return [error]

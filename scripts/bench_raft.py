@@ -39,6 +39,7 @@ import anyio
 
 from mesh.collector import tune_collector
 from mesh.config import NodeConfig
+from mesh.errors import exception_leaves
 from mesh.kv_client import KVClient, KVError, KVInvalid
 from mesh.launcher import ClusterLauncher
 from mesh.layout import write_cluster_file
@@ -205,19 +206,6 @@ def _ms(seconds: float) -> float:
     return seconds * 1000
 
 
-def _refusal_in(error: BaseException) -> KVInvalid | None:
-    """The cluster's refusal of a write (such as a value above its size limits) that
-    ``error`` is or holds, if any."""
-    if isinstance(error, KVInvalid):
-        return error
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            refusal = _refusal_in(inner)
-            if refusal is not None:
-                return refusal
-    return None
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -249,7 +237,7 @@ def main() -> int:
         results = [anyio.run(bench_agentmesh, args)]
     except (KVInvalid, BaseExceptionGroup) as error:
         # Not `except*`: before 3.11.4 an exit raised inside it came out wrapped in a group.
-        refusal = _refusal_in(error)
+        refusal = next((e for e in exception_leaves(error) if isinstance(e, KVInvalid)), None)
         if refusal is None:
             raise
         parser.exit(2, f"bench_raft: the cluster refused the writes: {refusal}\n")

@@ -18,7 +18,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ import pytest
 from conftest import LocalCluster, NodeProcess, run_cli
 from consensus.kvstore import ErrorCode, Response
 from mesh.config import NodeConfig
-from mesh.errors import MeshError
+from mesh.errors import MeshError, exception_leaves
 from mesh.identity import read_private_key
 from mesh.kv_client import KVClient, KVUnavailable
 from mesh.layout import (
@@ -165,18 +165,10 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:
     try:
         anyio.run(scenario)
     except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
+        leaves = exception_leaves(group)
         if len(leaves) == 1:
             raise leaves[0] from None
         raise
-
-
-def _leaves(error: BaseException) -> Iterator[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 # -- the load ------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from agents.workflow.engine import (
     WorkflowError,
 )
 from agents.workflow.store import WorkflowStore
-from mesh.errors import ConfigError, MeshError
+from mesh.errors import ConfigError, MeshError, exception_leaves
 
 __all__ = ["DriverRunner", "WorkflowService", "WorkflowSettings"]
 
@@ -257,7 +257,7 @@ class WorkflowService:
             self._counters[outcome.state] = self._counters.get(outcome.state, 0) + 1
             log.info("workflow %s %s", workflow_id, outcome.state)
         except Exception as exc:
-            leaves = _leaves(exc)
+            leaves = exception_leaves(exc)
             if all(isinstance(leaf, LostOwnership) for leaf in leaves):
                 self._counters["lost_ownership"] += 1
             elif all(isinstance(leaf, WorkflowError | MeshError | TimeoutError)
@@ -270,11 +270,5 @@ class WorkflowService:
         finally:
             self._running.discard(workflow_id)
 
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside ``exc``, exception groups (from task groups) flattened."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
 
 
