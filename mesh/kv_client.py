@@ -17,6 +17,16 @@ callback. The answer decides what happens next:
   ``client_retry_interval_ms`` and retry, at the leader if one was named;
 - no answer within ``client_attempt_timeout_ms``: try the next target.
 
+A voter that left an attempt unanswered is silent until it answers anything.
+For twice ``election_timeout_ms`` a redirect to it is taken as
+``unavailable``: the call goes to another voter after the pause. The voters
+that survive a crashed leader keep naming it until their election timeouts run
+out; following them back to it would cost a second, longer silent attempt,
+while asking them again finds the new leader as soon as it is elected. Named
+after that time, it is alive and only this client cannot reach it, so it is
+tried again. A silent voter is also the last choice when the next target is
+picked by turn.
+
 After ``client_timeout_ms`` it raises ``KVUnavailable``; a write's outcome is
 then unknown. ``invalid`` raises ``KVInvalid`` at once.
 
@@ -195,13 +205,18 @@ class KVClient:
         self._send_queued = False  # a callback will send what _outgoing holds
         self._leader: Target | None = None
         self._heard: dict[object, float] = {}  # target -> when it last answered anything
+        # Silent targets (an attempt went unanswered) -> since when; see the module
+        # doc. Node ids too, so that a redirect naming one by id is caught.
+        self._silent: dict[object, float] = {}
+        self._node_ids: dict[str, bytes] = {}  # address -> the node id answering there
         self._attempts: dict[int, _Attempt] = {}  # by call id, for the watchdog
         # The loop ``run`` runs in, kept: asyncio.get_running_loop() makes a system
         # call (a fork check), which here cost a write 2 of its 16 us in-process.
         self._running_loop: asyncio.AbstractEventLoop | None = None
         self.counters = dict.fromkeys(
-            ("calls", "attempts", "redirects", "retries_unavailable", "attempt_timeouts",
-             "answers_unmatched", "envelopes_sent", "sessions_restarted", "calls_too_large"),
+            ("calls", "attempts", "redirects", "redirects_to_silent", "retries_unavailable",
+             "attempt_timeouts", "answers_unmatched", "envelopes_sent", "sessions_restarted",
+             "calls_too_large"),
             0)
         node.on(KV_ANSWER, KVAnswer, self._on_answers)
         node.on(KV_WRITTEN, KVWritten, self._on_written)
@@ -458,8 +473,9 @@ class KVClient:
                 self.counters["attempt_timeouts"] += 1
                 last_problem = f"{_show(target)} did not answer"
                 self._leader = None
+                self._note_silent(target)
                 rotation = rotation or self._rotation()
-                target = _next_other(rotation, target)
+                target = self._next_target(rotation, target)
                 continue
             if answer.status == "ok":
                 self._leader = target
@@ -469,15 +485,20 @@ class KVClient:
             last_problem = answer.detail or answer.status
             self._leader = None
             named = self._leader_target(answer)
-            if answer.status == "redirect" and named is not None and named != target:
+            if named is not None and self._recently_silent(named, answer.leader_id):
+                self.counters["redirects_to_silent"] += 1
+                last_problem = f"{answer.detail or answer.status} ({_show(named)} is silent)"
+                named = None
+            elif answer.status == "redirect" and named is not None and named != target:
                 self.counters["redirects"] += 1
                 target = named
                 continue
-            self.counters["retries_unavailable"] += 1
+            else:
+                self.counters["retries_unavailable"] += 1
             await anyio.sleep(config.client_retry_interval_ms / 1000)
             if named is None:
                 rotation = rotation or self._rotation()
-                named = _next_other(rotation, target)
+                named = self._next_target(rotation, target)
             target = named
         raise KVUnavailable(
             f"no voter served the request within {config.client_timeout_ms} ms "
@@ -492,6 +513,32 @@ class KVClient:
         if not targets:
             raise KVUnavailable("no voter to ask: the cluster lists none")
         return itertools.cycle(targets)
+
+    def _next_target(self, rotation: Iterator[Target], current: Target) -> Target:
+        """The next target in ``rotation`` other than ``current``, skipping silent
+        ones unless every other one is."""
+        silent = self._silent
+        if silent:
+            for _ in range(len(self._targets()) + 1):
+                candidate = next(rotation)
+                if candidate != current and candidate not in silent:
+                    return candidate
+        return _next_other(rotation, current)
+
+    def _note_silent(self, target: Target) -> None:
+        now = time.monotonic()
+        self._silent[target] = now
+        node_id = self._node_ids.get(target) if isinstance(target, str) else None
+        if node_id is not None:
+            self._silent[node_id] = now
+
+    def _recently_silent(self, target: Target, node_id: bytes | None) -> bool:
+        """Whether a redirect to ``target`` (or ``node_id``) is not to be followed."""
+        silent = self._silent
+        if not silent:
+            return False
+        since = max(silent.get(target, -math.inf), silent.get(node_id, -math.inf))
+        return time.monotonic() - since < 2 * self._config.election_timeout_ms / 1000
 
     def _new_call(self, fields: dict[str, object]) -> KVCall | PendingWrite:
         call_id = next(self._call_ids)
@@ -635,9 +682,14 @@ class KVClient:
 
     def _note_heard(self, inbound: Inbound) -> float:
         now = time.monotonic()
-        self._heard[inbound.envelope.sender] = now
-        if inbound.route.address is not None:
-            self._heard[inbound.route.address] = now
+        sender, address = inbound.envelope.sender, inbound.route.address
+        self._heard[sender] = now
+        if address is not None:
+            self._heard[address] = now
+            self._node_ids[address] = sender
+        if self._silent:  # it answers after all
+            self._silent.pop(sender, None)
+            self._silent.pop(address, None)
         return now
 
     def _resolve(self, call_id: int, answer: _Answer, now: float) -> None:

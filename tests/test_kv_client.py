@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -11,10 +13,12 @@ import pytest
 
 from conftest import LocalCluster
 from consensus.kvstore import ErrorCode
+from mesh.config import RaftConfig
 from mesh.identity import read_private_key
 from mesh.kv_client import KVClient, KVInvalid, _Session
 from mesh.kv_messages import GET_MANY_KEYS_MAX, KV_CALL, KV_WRITES, KVCall, PendingWrite
 from mesh.layout import NODE_KEY
+from mesh.transport import Route
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,6 +57,54 @@ def test_a_write_call_built_without_validation_equals_the_validated_one() -> Non
     built = pending.as_call()
     assert built == KVCall(call_id=7, client_id="c/0", seq=3, command=b"\x93\x01")
     assert built.model_dump() == KVCall.model_validate(built.model_dump()).model_dump()
+
+
+def _bare_client(election_timeout_ms: int) -> KVClient:
+    client = KVClient.__new__(KVClient)
+    client._config = RaftConfig(heartbeat_interval_ms=1, election_timeout_ms=election_timeout_ms)
+    client._targets = lambda: ["tcp://a", "tcp://b", "tcp://c"]
+    client._heard, client._silent, client._node_ids = {}, {}, {}
+    return client
+
+
+def _answer_from(client: KVClient, address: str, node_id: bytes) -> None:
+    inbound = SimpleNamespace(envelope=SimpleNamespace(sender=node_id),
+                              route=Route(address=address))
+    client._note_heard(inbound)  # type: ignore[arg-type]
+
+
+def test_a_silent_voter_is_known_by_address_and_node_id_and_skipped_until_it_answers() -> None:
+    client = _bare_client(election_timeout_ms=60_000)
+    _answer_from(client, "tcp://a", b"node-a")
+    client._note_silent("tcp://a")
+    # A redirect may name it by address or by node id.
+    assert client._recently_silent("tcp://a", None)
+    assert client._recently_silent("tcp://elsewhere", b"node-a")
+    assert not client._recently_silent("tcp://b", b"node-b")
+    rotation = itertools.cycle(client._targets())
+    assert [client._next_target(rotation, "tcp://b") for _ in range(4)] == ["tcp://c"] * 4
+    _answer_from(client, "tcp://a", b"node-a")  # it answers after all
+    assert not client._recently_silent("tcp://a", b"node-a")
+    assert client._next_target(rotation, "tcp://b") == "tcp://a"
+
+
+def test_redirects_to_a_silent_voter_are_followed_again_after_twice_the_election_timeout(
+) -> None:
+    client = _bare_client(election_timeout_ms=20)
+    silent_at = time.monotonic()
+    client._note_silent("tcp://a")
+    assert client._recently_silent("tcp://a", None)
+    deadline = silent_at + 5
+    while client._recently_silent("tcp://a", None):  # alive but cut off from us, maybe
+        assert time.monotonic() < deadline, "redirects to it still refused after 5 s"
+    assert time.monotonic() - silent_at >= 0.040
+    # Picked by turn, it still comes last, while it has not answered.
+    rotation = itertools.cycle(client._targets())
+    assert [client._next_target(rotation, "tcp://b") for _ in range(2)] == ["tcp://c"] * 2
+    # With every other target silent too, the next one is still some other one.
+    client._note_silent("tcp://b")
+    client._note_silent("tcp://c")
+    assert client._next_target(itertools.cycle(client._targets()), "tcp://a") != "tcp://a"
 
 
 def _single_voter(cluster: LocalCluster) -> None:

@@ -376,6 +376,33 @@ def test_leader_fault_under_load_keeps_every_acknowledged_write_and_linearizabil
             node.process.send_signal(signal.SIGCONT)
 
 
+def test_after_the_leader_dies_a_client_waits_on_it_once_not_again_when_redirected_back(
+    local_cluster: LocalCluster,
+) -> None:
+    start_voters(local_cluster)
+
+    async def scenario() -> None:
+        old = await leader_now(local_cluster)
+        async with own_client(local_cluster.directory, "c") as kv:
+            first = await kv.put("k", "before")  # the client now writes to the leader
+            victim = node_named(local_cluster, old["name"])
+            victim.process.send_signal(signal.SIGKILL)
+            victim.process.wait(timeout=10)
+            with anyio.fail_after(10):
+                after = await kv.put("k", "after")
+            assert after.ok and after.version == first.version + 1  # applied once
+            # Its first attempt went to the dead leader and got no answer. The
+            # survivors name the dead leader until their election timeouts (above the
+            # client's attempt timeout) run out; the client asks them again instead
+            # of waiting on it a second time.
+            assert kv.counters["attempt_timeouts"] == 1, kv.counters
+            assert kv.counters["redirects_to_silent"] >= 1, kv.counters
+            new = await leader_now(local_cluster, not_id=old["node_id"])
+            assert new["node_id"] != old["node_id"]
+
+    run(scenario)
+
+
 # -- recovery from a damaged log ----------------------------------------------------------
 
 
