@@ -11,14 +11,15 @@ c. failover: SIGKILL the leader, time until the next write succeeds (median of
    ``--failovers``); the killed voter is restarted and caught up between rounds.
 
 With ``--pysyncobj`` and ``--etcd`` the same workload runs against those peers
-(see ``raft_peers.py``) and is reported side by side. ``--profile DIR`` runs the
-voters under cProfile and leaves one ``.prof`` per voter there. This process
+(see ``raft_peers.py``) and is reported side by side; ``--floor`` adds the least
+a write of the same shape costs in Python here (``raft_floor.py``). ``--profile
+DIR`` runs the voters under cProfile and leaves one ``.prof`` per voter there. This process
 tunes its garbage collector as a node does (``mesh.collector``; with thousands
 of writes in flight, collections cost a client 15 - 20 % of its CPU);
 ``--client-gc-threshold 0`` keeps Python's defaults.
 
     python scripts/bench_raft.py [--seconds S] [--value-bytes B] [--outstanding N]
-                                 [--failovers K] [--pysyncobj] [--etcd]
+                                 [--failovers K] [--pysyncobj] [--etcd] [--floor]
                                  [--client-gc-threshold N] [--json]
 """
 
@@ -215,6 +216,9 @@ def main() -> int:
     parser.add_argument("--failovers", type=int, default=5)
     parser.add_argument("--pysyncobj", action="store_true", help="also run PySyncObj")
     parser.add_argument("--etcd", action="store_true", help="also run etcd")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run the floor: the same writes with nothing but the "
+                        "hops, signatures and fsyncs (raft_floor.py)")
     parser.add_argument("--profile", type=Path, help="cProfile the voters into this directory")
     parser.add_argument("--dir", type=Path, help="cluster directory to keep (default: temporary)")
     parser.add_argument("--client-gc-threshold", type=int,
@@ -242,7 +246,7 @@ def main() -> int:
             raise
         parser.exit(2, f"bench_raft: the cluster refused the writes: {refusal}\n")
     results[0]["client_gc_young_threshold"] = args.client_gc_threshold
-    peers = [name for name in ("pysyncobj", "etcd") if getattr(args, name)]
+    peers = [name for name in ("pysyncobj", "etcd", "floor") if getattr(args, name)]
     if peers:
         sys.path.insert(0, str(Path(__file__).parent))
         import raft_peers

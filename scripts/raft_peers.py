@@ -1230,9 +1230,21 @@ def bench_etcd(
 
 # --------------------------------------------------------------------------- command line
 
+def bench_floor(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Not a peer but the floor under them all: ``raft_floor.bench_floor``."""
+    path = Path(__file__).with_name("raft_floor.py")
+    spec = importlib.util.spec_from_file_location("raft_floor", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result: dict[str, Any] = module.bench_floor(*args, **kwargs)
+    return result
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "pysyncobj": bench_pysyncobj,
     "etcd": bench_etcd,
+    "floor": bench_floor,
 }
 
 
@@ -1273,29 +1285,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmp-dir", default=None, help="parent of the temporary directory")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
+    return run_and_report(
+        "raft_peers",
+        lambda progress: BENCHES[args.system](
+            args.seconds, args.value_bytes, args.outstanding, args.failovers,
+            tmp_dir=args.tmp_dir, progress=progress),
+        as_json=args.json,
+    )
+
+
+def run_and_report(
+    prog: str, bench: Callable[[Callable[[str], None]], dict[str, Any]], *, as_json: bool
+) -> int:
+    """Run ``bench`` (given a progress printer) so that Ctrl-C and SIGTERM stop and
+    clean up, print its report; the exit code (2: refused or failed, 130: interrupted)."""
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     # Ctrl-C must clean up even when the run was started with SIGINT ignored (as a
     # background job of a non-interactive shell is), which Python leaves ignored.
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        report = BENCHES[args.system](
-            args.seconds,
-            args.value_bytes,
-            args.outstanding,
-            args.failovers,
-            tmp_dir=args.tmp_dir,
-            progress=lambda line: print(f"raft_peers: {line}", file=sys.stderr, flush=True),
-        )
+        report = bench(lambda line: print(f"{prog}: {line}", file=sys.stderr, flush=True))
     except (RuntimeError, ValueError) as error:
-        print(f"raft_peers: {error}", file=sys.stderr)
+        print(f"{prog}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("raft_peers: interrupted; cluster stopped and cleaned up", file=sys.stderr)
+        print(f"{prog}: interrupted; cluster stopped and cleaned up", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
-    print(json.dumps(report, indent=2) if args.json else _format(report))
+    print(json.dumps(report, indent=2) if as_json else _format(report))
     return 0
 
 

@@ -18,7 +18,8 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_raft.py"
 def test_the_raft_benchmark_runs_and_reports_every_figure(client_gc_threshold: int) -> None:
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--seconds", "1", "--outstanding", "64",
-         "--failovers", "1", "--client-gc-threshold", str(client_gc_threshold), "--json"],
+         "--failovers", "1", "--client-gc-threshold", str(client_gc_threshold), "--floor",
+         "--json"],
         capture_output=True, text=True, timeout=220,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -30,6 +31,9 @@ def test_the_raft_benchmark_runs_and_reports_every_figure(client_gc_threshold: i
     assert report["client_gc_young_threshold"] == client_gc_threshold
     voters = report["counters"]
     assert len(voters) == 3 and sum(c["leader_changes"] for c in voters.values()) >= 2
+    (floor,) = report["peers"]
+    assert floor["system"] == "floor" and floor["auth"] == "ed25519"
+    assert floor["writes_per_s"] > 0 and 0 < floor["p50_ms"] <= floor["p99_ms"]
 
 
 @pytest.mark.parametrize(

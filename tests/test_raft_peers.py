@@ -1,4 +1,4 @@
-"""The Raft benchmark's peer systems run end to end in short form and leave nothing behind.
+"""The Raft benchmark's peers and its floor run in short form and leave nothing behind.
 
 PySyncObj and etcd are optional benchmark-only peers: the smoke runs are skipped,
 with the install command as the reason, where they are not installed.
@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from nacl.exceptions import BadSignatureError
 
 from conftest import wait_for
 
@@ -23,16 +24,16 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "raft_peers.py"
 KEYS = ("system", "writes_per_s", "p50_ms", "p99_ms", "failover_ms_p50", "failover_ms_all", "notes")
 
 
-def _load_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("raft_peers", SCRIPT)
+def _load_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["raft_peers"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-raft_peers = _load_module()
+raft_peers = _load_module("raft_peers")
 
 needs_pysyncobj = pytest.mark.skipif(
     not raft_peers.pysyncobj_available(),
@@ -100,6 +101,34 @@ def test_etcd_short_run_reports_every_figure_and_cleans_up(tmp_path: Path) -> No
     _check_cleaned_up(tmp_path)
 
 
+@pytest.mark.parametrize("auth", ["ed25519", "mac", "none"])
+def test_floor_short_run_reports_every_figure_and_cleans_up(tmp_path: Path, auth: str) -> None:
+    report = raft_peers.bench_floor(1.0, 64, 8, tmp_dir=str(tmp_path), auth=auth)
+    for key in KEYS:
+        assert key in report, (key, report)
+    assert report["system"] == "floor" and report["auth"] == auth
+    assert report["writes_per_s"] > 0 and report["single_writes"] > 0, report
+    assert 0 < report["p50_ms"] <= report["p99_ms"], report
+    assert report["failover_ms_p50"] is None and report["failover_ms_all"] == [], report
+    _check_cleaned_up(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["ed25519", "mac"])
+def test_the_floor_refuses_a_frame_altered_or_from_another_sender(mode: str) -> None:
+    raft_floor = _load_module("raft_floor")
+    master = bytes(range(32))
+    leader = raft_floor._Auth(mode, master, "leader")
+    frame = raft_floor._Auth(mode, master, "client").seal([[1, b"key", b"value"]])
+    assert leader.opener("client")(frame) == [[1, b"key", b"value"]]
+    refused = (BadSignatureError, raft_floor.FloorError)
+    with pytest.raises(refused):
+        leader.opener("follower1")(frame)
+    with pytest.raises(refused):
+        leader.opener("client")(frame[:-1] + bytes([frame[-1] ^ 1]))
+    with pytest.raises(ValueError, match="auth must be one of"):
+        raft_floor._Auth("rot13", master, "leader")
+
+
 def _start_cli(tmp_path: Path, system: str, *options: str) -> subprocess.Popen[bytes]:
     """The script in a subprocess; its clusters under tmp_path/clusters, stderr in a file."""
     (tmp_path / "clusters").mkdir()
@@ -144,6 +173,10 @@ def test_interrupting_the_pysyncobj_run_stops_and_removes_the_cluster(
     tmp_path: Path, phase: str, signum: int
 ) -> None:
     _interrupt_during(tmp_path, "pysyncobj", phase, signum)
+
+
+def test_interrupting_the_floor_run_stops_and_removes_it(tmp_path: Path) -> None:
+    _interrupt_during(tmp_path, "floor", "throughput", signal.SIGINT)
 
 
 @needs_etcd
