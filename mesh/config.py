@@ -452,7 +452,9 @@ class RaftConfig(_Section):
         description="A client gives up on a voter that has answered nothing at all for "
         "this long and retries elsewhere (same session and sequence number, so a write "
         "applies once). A busy voter that keeps answering other requests is waited for. "
-        "Shorter finds a new leader sooner after a crash.",
+        "For twice election_timeout_ms, or until it answers, the client does not follow "
+        "redirects back to a voter it gave up on: the survivors of a crashed leader name it "
+        "until they elect another.",
     )
     client_retry_interval_ms: int = Field(
         25,
