@@ -50,8 +50,13 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger("mesh.cli")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``agentmesh``."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``agentmesh``.
+
+    When ``command`` names one of mesh's own subcommands, those of the layers above
+    are left out: loading them imports most of ``agents`` and ``sim``, which took
+    about a third of every ``kv``, ``status`` or ``node run`` start-up.
+    """
     parser = argparse.ArgumentParser(
         prog="agentmesh", description="A decentralized mesh of AI agent nodes."
     )
@@ -126,13 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=_gossip, operation=name)
 
     register_kv_commands(commands)
-    _register_extensions(commands)
 
     config = commands.add_parser("config", help="configuration").add_subparsers(
         dest="config_command", required=True
     )
     config_defaults = config.add_parser("defaults", help="print every field with its default")
     config_defaults.set_defaults(handler=_config_defaults)
+    if command is None or command not in commands.choices:
+        _register_extensions(commands)
     return parser
 
 
@@ -176,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # under a supervisor or a test reads "cluster running" when it is true.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    command = next((arg for arg in arguments if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(arguments)
     try:
         code: int = args.handler(args)
     except MeshError as exc:

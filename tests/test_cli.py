@@ -98,3 +98,33 @@ def test_config_doc_lists_every_default() -> None:
     assert documented == defaults_toml(), "docs/CONFIG.md is stale: regenerate it from " \
         "`agentmesh config defaults`"
     assert run_cli("config", "defaults").stdout == defaults_toml()
+
+
+_LOADED_LAYERS = """
+import sys
+from mesh.cli import main
+code = main(sys.argv[1:])
+layers = sorted({name.split(".")[0] for name in sys.modules} & {"agents", "sim"})
+print("layers:", ",".join(layers), file=sys.stderr)
+raise SystemExit(code)
+"""
+
+
+def _layers_loaded_by(*args: str) -> tuple[int, str]:
+    result = subprocess.run([sys.executable, "-c", _LOADED_LAYERS, *args],
+                            capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stderr.rsplit("layers:", 1)[-1].strip()
+
+
+def test_mesh_commands_start_without_loading_the_layers_above() -> None:
+    # Loading every layer's subcommands took a third of each command's start-up.
+    assert _layers_loaded_by("config", "defaults") == (0, "")
+
+
+def test_the_layers_commands_are_still_there_when_asked_for() -> None:
+    code, layers = _layers_loaded_by("sim", "--scenario", "gossip", "--nodes", "3",
+                                     "--duration", "1", "--seeds", "1")
+    assert code == 0 and layers == "agents,sim"
+    help_text = run_cli("--help").stdout
+    for command in ("kv", "status", "demo", "sim", "task", "workflow"):
+        assert command in help_text
