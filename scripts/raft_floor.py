@@ -129,10 +129,16 @@ def _mac(key: bytes, payload: bytes) -> bytes:
 
 class _Framed(asyncio.Protocol):
     """Length-prefixed frames on one TCP connection; every frame that arrived in one
-    read is handed to ``on_frames`` together (so one sync covers them)."""
+    read is handed to ``on_frames`` together (so one sync covers them). A frame that
+    fails (too large, a bad signature or MAC, or a bug) goes to ``on_error``, and the
+    connection's end to ``on_closed``."""
 
-    def __init__(self, on_frames: Callable[[_Framed, list[bytes]], None]) -> None:
+    def __init__(self, on_frames: Callable[[_Framed, list[bytes]], None],
+                 on_error: Callable[[Exception], None],
+                 on_closed: Callable[[], None] = lambda: None) -> None:
         self._on_frames = on_frames
+        self._on_error = on_error
+        self._on_closed = on_closed
         self._buffer = bytearray()
         self.transport: asyncio.Transport | None = None
 
@@ -147,18 +153,24 @@ class _Framed(asyncio.Protocol):
         buffer = self._buffer
         buffer += data
         frames, start = [], 0
-        while len(buffer) - start >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, start)
-            if length > FRAME_BYTES_MAX:
-                raise FloorError(f"a frame of {length} bytes, above {FRAME_BYTES_MAX}")
-            end = start + _LENGTH.size + length
-            if end > len(buffer):
-                break
-            frames.append(bytes(buffer[start + _LENGTH.size:end]))
-            start = end
-        del buffer[:start]
-        if frames:
-            self._on_frames(self, frames)
+        try:
+            while len(buffer) - start >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(buffer, start)
+                if length > FRAME_BYTES_MAX:
+                    raise FloorError(f"a frame of {length} bytes, above {FRAME_BYTES_MAX}")
+                end = start + _LENGTH.size + length
+                if end > len(buffer):
+                    break
+                frames.append(bytes(buffer[start + _LENGTH.size:end]))
+                start = end
+            del buffer[:start]
+            if frames:
+                self._on_frames(self, frames)
+        except Exception as error:  # asyncio would only log it, and the run would hang
+            self._on_error(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_closed()
 
     def send(self, body: bytes) -> None:
         assert self.transport is not None
@@ -193,9 +205,20 @@ class _Log:
 # --------------------------------------------------------------------------- replicas
 
 
+def _die(error: Exception) -> None:
+    """A replica stops at the first fault: the benchmark sees it exit, with the reason
+    in its log."""
+    print(f"raft_floor: {error!r}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def _lost_link() -> None:
+    _die(FloorError("a replica closed its link"))
+
+
 async def _listen(on_frames: Callable[[_Framed, list[bytes]], None]) -> asyncio.Server:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Framed(on_frames), HOST, 0)
+    server = await loop.create_server(lambda: _Framed(on_frames, _die), HOST, 0)
     print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)
     return server
 
@@ -223,7 +246,6 @@ async def _leader(auth: _Auth, log: _Log, follower_ports: list[int]) -> None:
     next_index = itertools.count(1)
     durable = 0  # the leader's own log
     matched = [0] * len(follower_ports)
-    applied = 0
     store: dict[bytes, bytes] = {}
     waiting: deque[tuple[int, _Framed, int, bytes, bytes]] = deque()  # index order
 
@@ -231,13 +253,11 @@ async def _leader(auth: _Auth, log: _Log, follower_ports: list[int]) -> None:
         return sorted([durable, *matched])[-2]  # held by two of the three
 
     def apply_and_answer() -> None:
-        nonlocal applied
         committed = commit_index()
         answers: dict[_Framed, list[int]] = {}
         while waiting and waiting[0][0] <= committed:
-            index, conn, request_id, key, value = waiting.popleft()
+            _index, conn, request_id, key, value = waiting.popleft()
             store[key] = value
-            applied = index
             answers.setdefault(conn, []).append(request_id)
         for conn, request_ids in answers.items():
             conn.send(auth.seal(request_ids))
@@ -254,7 +274,7 @@ async def _leader(auth: _Auth, log: _Log, follower_ports: list[int]) -> None:
     links = []
     for position, port in enumerate(follower_ports):
         _transport, link = await loop.create_connection(
-            partial(_Framed, on_acks(position)), HOST, port)
+            partial(_Framed, on_acks(position), _die, _lost_link), HOST, port)
         links.append(link)
 
     def on_requests(conn: _Framed, frames: list[bytes]) -> None:
@@ -319,7 +339,7 @@ class _Client:
     async def connect(self, port: int) -> None:
         loop = asyncio.get_running_loop()
         _transport, self._link = await loop.create_connection(
-            lambda: _Framed(self._on_answers), HOST, port)
+            lambda: _Framed(self._on_answers, self._fail, self._closed), HOST, port)
 
     def close(self) -> None:
         if self._link is not None and self._link.transport is not None:
@@ -338,6 +358,15 @@ class _Client:
         queued, self._queued = self._queued, []
         assert self._link is not None
         self._link.send(self._auth.seal(queued))
+
+    def _closed(self) -> None:
+        self._fail(FloorError("the leader closed the connection"))
+
+    def _fail(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(error)
 
     def _on_answers(self, _conn: _Framed, frames: list[bytes]) -> None:
         for frame in frames:
@@ -362,8 +391,11 @@ async def _load(client: _Client, seconds: float, value: bytes, outstanding: int,
                 writes += 1
                 latencies.append(now - started)
 
-    await asyncio.wait_for(asyncio.gather(*(writer(slot) for slot in range(outstanding))),
-                           seconds + DRAIN_TIMEOUT_S)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(writer(slot) for slot in range(outstanding))),
+                               seconds + DRAIN_TIMEOUT_S)
+    except TimeoutError:
+        raise FloorError(f"writes still unanswered {DRAIN_TIMEOUT_S} s after the run") from None
     return load_type(writes, 0, seconds, latencies)
 
 

@@ -129,6 +129,25 @@ def test_the_floor_refuses_a_frame_altered_or_from_another_sender(mode: str) -> 
         raft_floor._Auth("rot13", master, "leader")
 
 
+def test_a_floor_frame_that_fails_is_reported_not_left_to_hang() -> None:
+    raft_floor = _load_module("raft_floor")
+    errors: list[Exception] = []
+    seen: list[list[bytes]] = []
+    framed = raft_floor._Framed(lambda _conn, frames: seen.append(frames), errors.append)
+    framed.data_received(b"\x00\x00\x00\x02hi\x00\x00\x00\x03abc\x00\x00")  # two, a part
+    assert seen == [[b"hi", b"abc"]] and errors == []
+    framed.data_received(b"\x00\x01z")  # completes the third
+    assert seen[-1] == [b"z"]
+    framed.data_received((raft_floor.FRAME_BYTES_MAX + 1).to_bytes(4, "big"))
+    assert isinstance(errors[-1], raft_floor.FloorError) and "above" in str(errors[-1])
+
+    def refuse(_conn: object, _frames: list[bytes]) -> None:
+        raise BadSignatureError("forged")
+
+    raft_floor._Framed(refuse, errors.append).data_received(b"\x00\x00\x00\x01x")
+    assert isinstance(errors[-1], BadSignatureError)
+
+
 def _start_cli(tmp_path: Path, system: str, *options: str) -> subprocess.Popen[bytes]:
     """The script in a subprocess; its clusters under tmp_path/clusters, stderr in a file."""
     (tmp_path / "clusters").mkdir()
