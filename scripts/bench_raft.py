@@ -12,11 +12,12 @@ c. failover: SIGKILL the leader, time until the next write succeeds (median of
 
 With ``--pysyncobj`` and ``--etcd`` the same workload runs against those peers
 (see ``raft_peers.py``) and is reported side by side; ``--floor`` adds the least
-a write of the same shape costs in Python here (``raft_floor.py``). ``--profile
-DIR`` runs the voters under cProfile and leaves one ``.prof`` per voter there. This process
-tunes its garbage collector as a node does (``mesh.collector``; with thousands
-of writes in flight, collections cost a client 15 - 20 % of its CPU);
-``--client-gc-threshold 0`` keeps Python's defaults.
+a write of the same shape costs in Python here (``raft_floor.py``).
+``--profile DIR`` runs the voters under cProfile and leaves one ``.prof`` per
+voter there. This process tunes its garbage collector as a node does
+(``mesh.collector``; with thousands of writes in flight, collections cost a
+client 15 - 20 % of its CPU); ``--client-gc-threshold 0`` keeps Python's
+defaults.
 
     python scripts/bench_raft.py [--seconds S] [--value-bytes B] [--outstanding N]
                                  [--failovers K] [--pysyncobj] [--etcd] [--floor]

@@ -62,7 +62,10 @@ dies with this process); all of them are killed by process group and the
 temporary directory removed on the way out, including on an exception or
 Ctrl-C (and SIGTERM when run as a script).
 
-    python scripts/raft_peers.py --system pysyncobj|etcd [--seconds S]
+``--system floor`` runs ``raft_floor.py``'s floor the same way (not a peer:
+the least a write of agentmesh's shape costs in Python here).
+
+    python scripts/raft_peers.py --system pysyncobj|etcd|floor [--seconds S]
         [--value-bytes B] [--outstanding N] [--failovers K] [--json]
 """
 
