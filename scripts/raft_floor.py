@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import importlib
 import itertools
 import os
 import re
@@ -51,6 +52,7 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgpack
@@ -72,6 +74,15 @@ _LISTENING = re.compile(r"^listening on (\d+)$", re.MULTILINE)
 
 class FloorError(RuntimeError):
     """A frame failed its check, or a replica did not come up."""
+
+
+def _peers() -> ModuleType:
+    """``raft_peers.py`` beside this script: the floor runs, checks and reports its
+    processes with the peers' helpers."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module("raft_peers")
 
 
 # --------------------------------------------------------------------------- frames
@@ -309,10 +320,7 @@ def _replica_main(argv: list[str]) -> None:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--followers", default="", help="the followers' ports (leader)")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from raft_peers import _set_parent_death_signal
-
-    _set_parent_death_signal()
+    _peers()._set_parent_death_signal()
     auth = _Auth(args.auth, bytes.fromhex(args.master), args.role)
     log = _Log(args.log)
     if args.role == "leader":
@@ -374,8 +382,7 @@ class _Client:
                 self._waiting.pop(request_id).set_result(None)
 
 
-async def _load(client: _Client, seconds: float, value: bytes, outstanding: int,
-                load_type: type) -> Any:
+async def _load(client: _Client, seconds: float, value: bytes, outstanding: int) -> Any:
     latencies: list[float] = []
     writes = 0
     deadline = time.perf_counter() + seconds
@@ -396,16 +403,16 @@ async def _load(client: _Client, seconds: float, value: bytes, outstanding: int,
                                seconds + DRAIN_TIMEOUT_S)
     except TimeoutError:
         raise FloorError(f"writes still unanswered {DRAIN_TIMEOUT_S} s after the run") from None
-    return load_type(writes, 0, seconds, latencies)
+    return _peers()._Load(writes, 0, seconds, latencies)
 
 
-async def _measure(port: int, auth: _Auth, seconds: float, value: bytes, outstanding: int,
-                   load_type: type) -> tuple[Any, Any]:
+async def _measure(port: int, auth: _Auth, seconds: float, value: bytes,
+                   outstanding: int) -> tuple[Any, Any]:
     client = _Client(auth)
     await client.connect(port)
     try:
-        load = await _load(client, seconds, value, outstanding, load_type)
-        single = await _load(client, seconds, value, 1, load_type)
+        load = await _load(client, seconds, value, outstanding)
+        single = await _load(client, seconds, value, 1)
     finally:
         client.close()
     return load, single
@@ -423,9 +430,7 @@ def bench_floor(
 ) -> dict[str, Any]:
     """The floor, measured as ``raft_peers.py`` measures the peers (see the module
     doc). ``failovers`` is accepted for the same signature and ignored."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    import raft_peers
-
+    raft_peers = _peers()
     say = progress or (lambda _line: None)
     raft_peers._check_args(seconds, value_bytes, outstanding, failovers)
     master = os.urandom(32)
@@ -446,7 +451,7 @@ def bench_floor(
         say(f"floor: throughput, {outstanding} outstanding, then latency, one outstanding, "
             f"{seconds} s each ({auth})")
         load, single = asyncio.run(_measure(leader_port, _Auth(auth, master, "client"), seconds,
-                                            value, outstanding, raft_peers._Load))
+                                            value, outstanding))
         processes.check_alive(["leader", *FOLLOWERS])
     return {
         "system": "floor",
@@ -478,11 +483,9 @@ def _port_of(processes: Any, name: str) -> int:
             return None
         return int(found.group(1)) if found else None
 
-    import raft_peers
-
-    return int(raft_peers._wait_until(listening, timeout_s=START_TIMEOUT_S,
-                                      what=f"the floor's {name} to listen",
-                                      processes=processes, alive=[name]))
+    return int(_peers()._wait_until(listening, timeout_s=START_TIMEOUT_S,
+                                    what=f"the floor's {name} to listen",
+                                    processes=processes, alive=[name]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,10 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tmp-dir", default=None, help="parent of the temporary directory")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).parent))
-    import raft_peers
-
-    return int(raft_peers.run_and_report(
+    return int(_peers().run_and_report(
         "raft_floor",
         lambda progress: bench_floor(args.seconds, args.value_bytes, args.outstanding,
                                      auth=args.auth, tmp_dir=args.tmp_dir, progress=progress),
