@@ -272,6 +272,16 @@ def _write(stream: Any, text: str | bytes | None) -> None:
     stream.buffer.flush()
 
 
+_SHOWN_CHARS_MAX = 80
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message; a long one cut, so the message stays readable."""
+    if len(text) <= _SHOWN_CHARS_MAX:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARS_MAX]!r}... ({len(text)} characters)"
+
+
 def _encode(text: str | bytes) -> bytes:
     return text if isinstance(text, bytes) else text.encode("utf-8", "backslashreplace")
 
@@ -310,7 +320,7 @@ def _value_of(args: argparse.Namespace) -> bytes:
     try:
         return base64.b64decode(args.value, validate=True)
     except (binascii.Error, ValueError):
-        raise KVCommandError(f"VALUE {args.value!r} is not valid base64") from None
+        raise KVCommandError(f"VALUE {_shown(args.value)} is not valid base64") from None
 
 
 def _refused(response: Response, data: dict[str, Any], what: str) -> _Outcome:
@@ -326,7 +336,7 @@ async def _put(client: KVClient, args: argparse.Namespace, _owner: str) -> _Outc
     key = args.key
     response = await client.put(key, args.value)
     if not response.ok:
-        return _refused(response, {"key": key}, f"put of {key!r}")
+        return _refused(response, {"key": key}, f"put of {_shown(key)}")
     return _Outcome(0, {"key": key, "ok": True, "version": response.version,
                         "index": response.index}, f"version {response.version}")
 
@@ -336,7 +346,7 @@ async def _get(client: KVClient, args: argparse.Namespace, _owner: str) -> _Outc
     item = await client.get(key)
     if item is None:
         return _Outcome(EXIT_ABSENT, {"key": key, "error": ErrorCode.NOT_FOUND.value},
-                        f"error: no key {key!r}")
+                        f"error: no key {_shown(key)}")
     return _Outcome(0, {"key": key, **show_value(item.value), "version": item.version},
                     item.value)
 
@@ -350,9 +360,9 @@ async def _cas(client: KVClient, args: argparse.Namespace, _owner: str) -> _Outc
         return _Outcome(EXIT_REFUSED,
                         {"key": key, "ok": False, "error": ErrorCode.CAS_FAILED.value,
                          "version": current, "expected_version": expect},
-                        f"cas failed: {key!r} is {state}, not at version {expect}")
+                        f"cas failed: {_shown(key)} is {state}, not at version {expect}")
     if not response.ok:
-        return _refused(response, {"key": key}, f"cas of {key!r}")
+        return _refused(response, {"key": key}, f"cas of {_shown(key)}")
     return _Outcome(0, {"key": key, "ok": True, "version": response.version,
                         "index": response.index}, f"version {response.version}")
 
@@ -363,9 +373,9 @@ async def _delete(client: KVClient, args: argparse.Namespace, _owner: str) -> _O
     if response.error is ErrorCode.NOT_FOUND:
         return _Outcome(EXIT_ABSENT, {"key": key, "ok": False,
                                       "error": ErrorCode.NOT_FOUND.value},
-                        f"error: no key {key!r}")
+                        f"error: no key {_shown(key)}")
     if not response.ok:
-        return _refused(response, {"key": key}, f"delete of {key!r}")
+        return _refused(response, {"key": key}, f"delete of {_shown(key)}")
     return _Outcome(0, {"key": key, "ok": True, "index": response.index}, "deleted")
 
 
@@ -397,10 +407,10 @@ async def _lock_acquire(client: KVClient, args: argparse.Namespace, owner: str) 
                         {"name": name, "ok": False, "error": ErrorCode.LOCK_HELD.value,
                          "holder": response.holder, "token": response.token,
                          "lease_id": response.lease_id, "deadline_ms": response.deadline_ms},
-                        f"lock {name!r} is held by {response.holder} with token "
+                        f"lock {_shown(name)} is held by {response.holder} with token "
                         f"{response.token}")
     if not response.ok:
-        return _refused(response, {"name": name}, f"acquiring lock {name!r}")
+        return _refused(response, {"name": name}, f"acquiring lock {_shown(name)}")
     return _Outcome(0, {"name": name, "ok": True, "owner": owner, "token": response.token,
                         "lease_id": response.lease_id, "deadline_ms": response.deadline_ms},
                     f"token {response.token} lease {response.lease_id} owner {owner}")
@@ -412,16 +422,16 @@ async def _lock_release(client: KVClient, args: argparse.Namespace, owner: str) 
     if response.error is ErrorCode.NOT_FOUND:
         return _Outcome(EXIT_ABSENT, {"name": name, "ok": False,
                                       "error": ErrorCode.NOT_FOUND.value},
-                        f"error: lock {name!r} is not held")
+                        f"error: lock {_shown(name)} is not held")
     if response.error is ErrorCode.NOT_OWNER:
         mine = f"{owner}" + ("" if args.token is None else f" with token {args.token}")
         return _Outcome(EXIT_REFUSED,
                         {"name": name, "ok": False, "error": ErrorCode.NOT_OWNER.value,
                          "holder": response.holder, "token": response.token},
-                        f"lock {name!r} is held by {response.holder} with token "
+                        f"lock {_shown(name)} is held by {response.holder} with token "
                         f"{response.token}, not by {mine}")
     if not response.ok:
-        return _refused(response, {"name": name}, f"releasing lock {name!r}")
+        return _refused(response, {"name": name}, f"releasing lock {_shown(name)}")
     return _Outcome(0, {"name": name, "ok": True, "token": response.token}, "released")
 
 
@@ -430,7 +440,7 @@ async def _lock_holder(client: KVClient, args: argparse.Namespace, _owner: str) 
     lock = await client.lock_holder(name)
     if lock is None:
         return _Outcome(EXIT_ABSENT, {"name": name, "error": ErrorCode.NOT_FOUND.value},
-                        f"error: lock {name!r} is not held")
+                        f"error: lock {_shown(name)} is not held")
     return _Outcome(0, {"name": name, "owner": lock.owner, "token": lock.token,
                         "lease_id": lock.lease_id, "deadline_ms": lock.deadline_ms},
                     f"{lock.owner} token {lock.token} lease {lock.lease_id}")

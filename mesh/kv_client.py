@@ -46,12 +46,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+from pydantic import ValidationError
 
 from consensus.kvstore import (
     Command,
+    CommandError,
     CompareAndSet,
     Delete,
     ErrorCode,
@@ -253,7 +255,7 @@ class KVClient:
 
     async def put(self, key: str, value: bytes | str, *, lease_id: int | None = None) -> Response:
         """Write ``value`` under ``key``; the response has the new ``version``."""
-        return await self.write(Put(key, _bytes(value), lease_id))
+        return await self.write(_checked(Put, key, _bytes(value), lease_id))
 
     async def get(self, key: str) -> KVItem | None:
         """The item under ``key`` (linearizable), or None if absent."""
@@ -267,11 +269,11 @@ class KVClient:
         (0: absent). On a mismatch the response's error is ``cas_failed`` and its
         ``version`` the current one."""
         data = None if value is None else _bytes(value)
-        return await self.write(CompareAndSet(key, data, expect_version, lease_id))
+        return await self.write(_checked(CompareAndSet, key, data, expect_version, lease_id))
 
     async def delete(self, key: str) -> Response:
         """Remove ``key``; the response's error is ``not_found`` if it was absent."""
-        return await self.write(Delete(key))
+        return await self.write(_checked(Delete, key))
 
     async def get_many(self, keys: Sequence[str]) -> list[KVItem]:
         """The items of those of ``keys`` that exist, in the order asked, read at one
@@ -291,21 +293,22 @@ class KVClient:
 
     async def lease_grant(self, ttl_s: float) -> Response:
         """A new lease (``lease_id``, ``deadline_ms``) ending ``ttl_s`` from now."""
-        return await self.write(LeaseGrant(_ms(ttl_s)))
+        return await self.write(_checked(LeaseGrant, _ms(ttl_s)))
 
     async def lease_keep_alive(self, lease_id: int) -> Response:
         """Push the lease's end one TTL ahead."""
-        return await self.write(LeaseKeepAlive(lease_id))
+        return await self.write(_checked(LeaseKeepAlive, lease_id))
 
     async def lease_revoke(self, lease_id: int) -> Response:
         """End the lease now, deleting its keys and releasing its lock."""
-        return await self.write(LeaseRevoke(lease_id))
+        return await self.write(_checked(LeaseRevoke, lease_id))
 
     async def lock_acquire(self, name: str, ttl_s: float, *, owner: str | None = None) -> Response:
         """Take the lock for ``owner`` (default: this client's id) with a lease of
         ``ttl_s``: the response has the fencing ``token`` and ``lease_id``, or the
         error ``lock_held`` with the ``holder``."""
-        return await self.write(LockAcquire(name, owner or self.client_id, _ms(ttl_s)))
+        return await self.write(
+            _checked(LockAcquire, name, owner or self.client_id, _ms(ttl_s)))
 
     async def lock_release(
         self, name: str, *, token: int | None = None, owner: str | None = None
@@ -316,9 +319,9 @@ class KVClient:
         if token is None:
             held = await self.lock_holder(name)
             if held is None:
-                return await self.write(LockRelease(name, owner, 1))  # answers not_found
+                return await self.write(_checked(LockRelease, name, owner, 1))  # answers not_found
             token = held.token
-        return await self.write(LockRelease(name, owner, token))
+        return await self.write(_checked(LockRelease, name, owner, token))
 
     async def lock_holder(self, name: str) -> KVLock | None:
         """Who holds the lock now (linearizable), or None."""
@@ -543,7 +546,10 @@ class KVClient:
     def _new_call(self, fields: dict[str, object]) -> KVCall | PendingWrite:
         call_id = next(self._call_ids)
         if "command" not in fields:
-            return KVCall(call_id=call_id, client_id=self.client_id, **fields)
+            try:
+                return KVCall(call_id=call_id, client_id=self.client_id, **fields)
+            except ValidationError as exc:  # a read's key, limit or keys out of bounds
+                raise KVInvalid(_first_problem(exc)) from None
         # Writes are the hot path, and their fields are ours and checked (``write``).
         client_id, seq, command = fields["client_id"], fields["seq"], fields["command"]
         assert type(client_id) is str and type(seq) is int and type(command) is bytes
@@ -752,13 +758,36 @@ def _next_other(rotation: Iterator[Target], current: Target) -> Target:
     return next(rotation)
 
 
+_C = TypeVar("_C", bound=Command)
+
+
+def _checked(make: Callable[..., _C], *fields: object) -> _C:
+    """The command ``make(*fields)``; fields it refuses (an empty key, a negative
+    TTL) raise ``KVInvalid``, the error every refused request raises, naming the field."""
+    try:
+        return make(*fields)
+    except CommandError as exc:
+        raise KVInvalid(str(exc)) from None
+
+
+def _first_problem(error: ValidationError) -> str:
+    problem = error.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in problem["loc"])
+    return f"{where}: {problem['msg']}" + (" (and more)" if error.error_count() > 1 else "")
+
+
 def _bytes(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    # bytes() would turn an int into that many zero bytes, a list of ints into bytes.
+    raise KVInvalid(f"a value must be bytes or str, got {type(value).__name__}")
 
 
 def _ms(seconds: float) -> int:
-    if not seconds > 0:
-        raise ValueError(f"a TTL must be positive, got {seconds!r} s")
+    if not 0 < seconds < math.inf:
+        raise KVInvalid(f"a TTL must be a positive, finite number of seconds, got {seconds!r}")
     return max(1, round(seconds * 1000))
 
 

@@ -158,6 +158,26 @@ def test_a_lock_taken_by_one_invocation_is_released_by_a_later_one(kv_cluster: P
     assert usage.returncode == 2 and "positive number of seconds" in usage.stderr
 
 
+def test_fields_the_store_refuses_exit_1_with_one_line_naming_them(kv_cluster: Path) -> None:
+    c = kv_cluster
+    for args, problem in ((("kv", "put", "", "v"), "key must not be empty"),
+                          (("kv", "del", ""), "key must not be empty"),
+                          (("kv", "cas", "", "v", "--expect-version", "0"),
+                           "key must not be empty"),
+                          (("lock", "acquire", "", "--ttl", "5"), "name must not be empty"),
+                          (("lock", "release", ""), "name must not be empty")):
+        result = kv(c, *args, code=1)  # once a traceback from the command's constructor
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [f"agentmesh: error: {problem}"], args
+    # A key far over the limit is named by its start and length, not printed whole.
+    long_key = "k" * 5000
+    refused = kv(c, "kv", "put", long_key, "v", code=1)
+    (line,) = refused.stderr.splitlines()
+    assert "(5000 characters)" in line and "key_bytes_max is 512" in line
+    assert len(line) < 300, line
+    assert kv_json(c, "kv", "list")["items"] == []  # nothing was written
+
+
 def test_without_a_quorum_commands_exit_2_with_the_reason(kv_cluster: Path) -> None:
     c = kv_cluster
     kv(c, "kv", "put", "k", "v")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -183,6 +185,35 @@ def test_get_many_reads_the_present_keys_in_the_order_asked(
             assert await kv.get_many([]) == []
             with pytest.raises(ValueError, match="more than"):
                 await kv.get_many([f"k{i}" for i in range(GET_MANY_KEYS_MAX + 1)])
+
+    anyio.run(scenario, local_cluster.directory)
+
+
+def test_arguments_the_store_would_refuse_raise_kv_invalid_and_send_nothing(
+    local_cluster: LocalCluster,
+) -> None:
+    _single_voter(local_cluster)
+
+    async def scenario(directory: Path) -> None:
+        async with KVClient.connect(directory) as kv:
+            refused = {
+                "key must not be empty": lambda: kv.put("", "v"),
+                "name must not be empty": lambda: kv.lock_acquire("", 5),
+                "must be bytes or str, got int": lambda: kv.put("k", 5),  # type: ignore[arg-type]
+                "must be bytes or str, got list": lambda: kv.put("k", [1, 2]),  # type: ignore[arg-type]
+                "expect_version must be an integer": lambda: kv.compare_and_set("k", "v", -1),
+                "positive, finite number of seconds, got -1": lambda: kv.lease_grant(-1),
+                "positive, finite number of seconds, got nan": lambda: kv.lease_grant(math.nan),
+                "positive, finite number of seconds, got inf": lambda: kv.lock_acquire(
+                    "l", math.inf),
+                "limit: Input should be greater than or equal to 1": lambda: kv.list(limit=0),
+                "key: String should have at most": lambda: kv.get("k" * 100_000),
+            }
+            for problem, call in refused.items():
+                with pytest.raises(KVInvalid, match=re.escape(problem)):
+                    await call()
+            assert kv.counters["envelopes_sent"] == 0
+            assert (await kv.list()) == ([], False)
 
     anyio.run(scenario, local_cluster.directory)
 
