@@ -6,9 +6,13 @@ cluster's CLI identity (``client/`` in the cluster directory) to the nodes in
 ``--timeout``. Writes are linearizable and applied once; reads are linearizable.
 
 Values: ``kv put`` and ``kv cas`` store VALUE's UTF-8 bytes (``--base64``: VALUE
-is base64 of arbitrary bytes). Output shows a value as a UTF-8 string; a value
-that is not valid UTF-8 is shown in base64, under ``value_base64`` instead of
-``value`` in JSON and as ``base64:...`` in ``kv list``'s text.
+is base64 of arbitrary bytes), or with ``--file PATH`` the bytes of a file as
+they are (``-``: standard input). A file is how a value larger than the system's
+limit on one argument (128 KiB on Linux) gets in, up to the client's
+``raft.max_bytes_per_append`` and the store's ``kv_value_bytes_max``. Output
+shows a value as a UTF-8 string; a value that is not valid UTF-8 is shown in
+base64, under ``value_base64`` instead of ``value`` in JSON and as
+``base64:...`` in ``kv list``'s text.
 
 Locks: the default owner is ``cli/<node id of the CLI identity>``, the same for
 every invocation with the same cluster directory, so a lock taken by one
@@ -48,6 +52,7 @@ from typing import Any
 import anyio
 
 from consensus.kvstore import ErrorCode, Response
+from mesh.config import NodeConfig
 from mesh.errors import MeshError
 from mesh.kv_client import KVClient, KVError, KVUnavailable
 from mesh.kv_messages import KVItem
@@ -211,9 +216,12 @@ def _sub(group: Any, name: str, help_text: str, output: str) -> argparse.Argumen
 
 
 def _value_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("value", help="the value, stored as its UTF-8 bytes")
+    parser.add_argument("value", nargs="?",
+                        help="the value, stored as its UTF-8 bytes (or give --file)")
     parser.add_argument("--base64", action="store_true",
                         help="VALUE is base64 of the bytes to store")
+    parser.add_argument("--file", metavar="PATH",
+                        help="store the bytes of this file instead of VALUE ('-': stdin)")
 
 
 def _positive_float(text: str) -> float:
@@ -315,12 +323,37 @@ async def _connect(cluster: Path, timeout_s: float) -> AsyncIterator[tuple[KVCli
 
 
 def _value_of(args: argparse.Namespace) -> bytes:
+    if args.file is not None:
+        if args.value is not None:
+            raise KVCommandError("give VALUE or --file, not both")
+        if args.base64:
+            raise KVCommandError("--base64 is for VALUE; --file stores the file's bytes as "
+                                 "they are")
+        return _read_value_file(args.file, NodeConfig().raft.max_bytes_per_append)
+    if args.value is None:
+        raise KVCommandError("give VALUE, or --file PATH")
     if not args.base64:
         return str(args.value).encode("utf-8")
     try:
         return base64.b64decode(args.value, validate=True)
     except (binascii.Error, ValueError):
         raise KVCommandError(f"VALUE {_shown(args.value)} is not valid base64") from None
+
+
+def _read_value_file(name: str, limit: int) -> bytes:
+    """The bytes of file ``name`` (``-``: standard input), refusing more than ``limit``."""
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(name, "rb") as file:
+                data = file.read(limit + 1)
+    except OSError as exc:
+        raise KVCommandError(f"cannot read --file {name}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise KVCommandError(f"--file {name} holds more than raft.max_bytes_per_append "
+                             f"({limit}) bytes; a request can carry no more")
+    return data
 
 
 def _refused(response: Response, data: dict[str, Any], what: str) -> _Outcome:

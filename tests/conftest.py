@@ -54,14 +54,15 @@ def wait_for(
 
 
 def run_cli(
-    *args: str, timeout_s: float = 60.0, check: bool = True
+    *args: str, timeout_s: float = 60.0, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``agentmesh ARGS`` in a subprocess with this interpreter."""
+    """Run ``agentmesh ARGS`` in a subprocess with this interpreter (``stdin``: its input)."""
     result = subprocess.run(
         [sys.executable, "-m", "mesh.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout_s,
+        input=stdin,
     )
     if check and result.returncode != 0:
         pytest.fail(f"agentmesh {' '.join(args)} exited {result.returncode}:\n{result.stderr}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -34,9 +35,10 @@ def kv_cluster(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path / "mesh"
 
 
-def kv(cluster: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+def kv(cluster: Path, *args: str, code: int = 0,
+       stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """``agentmesh ARGS --cluster CLUSTER``, which must exit with ``code`` and no traceback."""
-    result = run_cli(*args, "--cluster", str(cluster), check=False)
+    result = run_cli(*args, "--cluster", str(cluster), check=False, stdin=stdin)
     assert result.returncode == code, (
         f"agentmesh {' '.join(args)} exited {result.returncode}, not {code}:\n"
         f"stdout: {result.stdout}\nstderr: {result.stderr}")
@@ -176,6 +178,41 @@ def test_fields_the_store_refuses_exit_1_with_one_line_naming_them(kv_cluster: P
     assert "(5000 characters)" in line and "key_bytes_max is 512" in line
     assert len(line) < 300, line
     assert kv_json(c, "kv", "list")["items"] == []  # nothing was written
+
+
+def test_a_value_too_large_for_an_argument_goes_in_from_a_file(
+    kv_cluster: Path, tmp_path: Path
+) -> None:
+    c = kv_cluster
+    # Above Linux's 128 KiB limit on one argument, below the store's 256 KiB.
+    blob = random.Random(5).randbytes(200_000)
+    (tmp_path / "blob").write_bytes(blob)
+    assert kv_json(c, "kv", "put", "blob", "--file", str(tmp_path / "blob"))["version"] == 1
+    stored = kv_json(c, "kv", "get", "blob")
+    assert base64.b64decode(stored["value_base64"]) == blob
+    # Standard input, and a compare-and-set from a file.
+    assert kv(c, "kv", "put", "note", "--file", "-", stdin="two\nlines\n").stdout == "version 1\n"
+    assert kv_json(c, "kv", "get", "note")["value"] == "two\nlines\n"
+    (tmp_path / "small").write_bytes(b"replaced")
+    assert kv_json(c, "kv", "cas", "blob", "--file", str(tmp_path / "small"),
+                   "--expect-version", "1")["version"] == 2
+    assert kv_json(c, "kv", "get", "blob")["value"] == "replaced"
+
+    (tmp_path / "huge").write_bytes(bytes(600_000))
+    (tmp_path / "large").write_bytes(bytes(300_000))
+    for args, problem in (
+        (("blob", "v", "--file", str(tmp_path / "small")), "give VALUE or --file, not both"),
+        (("blob",), "give VALUE, or --file PATH"),
+        (("blob", "--base64", "--file", str(tmp_path / "small")), "--base64 is for VALUE"),
+        (("blob", "--file", str(tmp_path / "missing")), "No such file or directory"),
+        (("blob", "--file", str(tmp_path / "huge")),
+         "holds more than raft.max_bytes_per_append (524288) bytes"),
+        (("blob", "--file", str(tmp_path / "large")), "value_bytes_max is 262144"),
+    ):
+        result = kv(c, "kv", "put", *args, code=1)
+        (line,) = result.stderr.splitlines()
+        assert problem in line, (args, line)
+    assert kv_json(c, "kv", "get", "blob")["version"] == 2  # none of them wrote
 
 
 def test_without_a_quorum_commands_exit_2_with_the_reason(kv_cluster: Path) -> None:
