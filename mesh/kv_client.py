@@ -161,6 +161,16 @@ class _Attempt:
     check_at: float
 
 
+class _Rotation:
+    """The targets a call tries in turn, as listed when it was made."""
+
+    __slots__ = ("listed", "turns")
+
+    def __init__(self, listed: list[Target]) -> None:
+        self.listed = listed
+        self.turns: Iterator[Target] = itertools.cycle(listed)
+
+
 class _Local:
     def __repr__(self) -> str:
         return "LOCAL"
@@ -445,20 +455,23 @@ class KVClient:
         deadline = time.monotonic() + config.client_timeout_ms / 1000
         # The voters are listed only when the leader is unknown or fails: most calls
         # go straight to the leader the last answer came from.
-        rotation: Iterator[Target] | None = None
+        rotation: _Rotation | None = None
         target = self._leader
         if target is None:
-            rotation = self._rotation()
-            target = next(rotation)
+            rotation = self._rotation(None)
+            target = next(rotation.turns)
         last_problem = "no answer"
-        silent = 0
+        silences: dict[Target, int] = {}
         while time.monotonic() < deadline:
             call = self._new_call(fields)
             self.counters["attempts"] += 1
-            # Each silent attempt doubles the patience of the next (up to 16x): a dead
-            # leader is left after one, but a leader slowed by load is not answered
+            # Each silence of a target doubles the patience it gets next (up to 16x): a
+            # dead leader is left after one, but a leader slowed by load is not answered
             # with a storm of retries through the other voters, which slows it more.
-            silence_s = config.client_attempt_timeout_ms / 1000 * 2 ** min(silent, 4)
+            # Per target, not per call: a voter seen for the first time (one restarted
+            # at a new address) is not kept waiting for what others did.
+            silence_s = config.client_attempt_timeout_ms / 1000 * 2 ** min(
+                silences.get(target, 0), 4)
             # Awaited here rather than in a coroutine of its own: every level of
             # coroutine a write passes through costs it a frame on each resume.
             future = self._start_attempt(target, call, silence_s,
@@ -472,12 +485,12 @@ class KVClient:
                 self._leader = target
                 return answer
             if answer is None:
-                silent += 1
+                silences[target] = silences.get(target, 0) + 1
                 self.counters["attempt_timeouts"] += 1
                 last_problem = f"{_show(target)} did not answer"
                 self._leader = None
                 self._note_silent(target)
-                rotation = rotation or self._rotation()
+                rotation = self._rotation(rotation)
                 target = self._next_target(rotation, target)
                 continue
             if answer.status == "ok":
@@ -500,7 +513,7 @@ class KVClient:
                 self.counters["retries_unavailable"] += 1
             await anyio.sleep(config.client_retry_interval_ms / 1000)
             if named is None:
-                rotation = rotation or self._rotation()
+                rotation = self._rotation(rotation)
                 named = self._next_target(rotation, target)
             target = named
         raise KVUnavailable(
@@ -508,25 +521,29 @@ class KVClient:
             f"(last: {last_problem}); a write's outcome is unknown"
         )
 
-    def _rotation(self) -> Iterator[Target]:
-        """The voters to try in turn, this node's own first."""
+    def _rotation(self, rotation: _Rotation | None) -> _Rotation:
+        """The voters to try in turn, this node's own first: ``rotation`` while the
+        listing is the same, a new one once it changed (a voter restarted at another
+        address during the call, whose old address will never answer)."""
         targets: list[Target] = list(self._targets())
         if self._local is not None:
             targets.insert(0, LOCAL)
         if not targets:
             raise KVUnavailable("no voter to ask: the cluster lists none")
-        return itertools.cycle(targets)
+        if rotation is not None and rotation.listed == targets:
+            return rotation
+        return _Rotation(targets)
 
-    def _next_target(self, rotation: Iterator[Target], current: Target) -> Target:
+    def _next_target(self, rotation: _Rotation, current: Target) -> Target:
         """The next target in ``rotation`` other than ``current``, skipping silent
         ones unless every other one is."""
         silent = self._silent
         if silent:
-            for _ in range(len(self._targets()) + 1):
-                candidate = next(rotation)
+            for _ in range(len(rotation.listed) + 1):
+                candidate = next(rotation.turns)
                 if candidate != current and candidate not in silent:
                     return candidate
-        return _next_other(rotation, current)
+        return _next_other(rotation.turns, current)
 
     def _note_silent(self, target: Target) -> None:
         now = time.monotonic()

@@ -66,6 +66,7 @@ def _bare_client(election_timeout_ms: int) -> KVClient:
     client._config = RaftConfig(heartbeat_interval_ms=1, election_timeout_ms=election_timeout_ms)
     client._targets = lambda: ["tcp://a", "tcp://b", "tcp://c"]
     client._heard, client._silent, client._node_ids = {}, {}, {}
+    client._local = None
     return client
 
 
@@ -83,7 +84,7 @@ def test_a_silent_voter_is_known_by_address_and_node_id_and_skipped_until_it_ans
     assert client._recently_silent("tcp://a", None)
     assert client._recently_silent("tcp://elsewhere", b"node-a")
     assert not client._recently_silent("tcp://b", b"node-b")
-    rotation = itertools.cycle(client._targets())
+    rotation = client._rotation(None)
     assert [client._next_target(rotation, "tcp://b") for _ in range(4)] == ["tcp://c"] * 4
     _answer_from(client, "tcp://a", b"node-a")  # it answers after all
     assert not client._recently_silent("tcp://a", b"node-a")
@@ -101,12 +102,28 @@ def test_redirects_to_a_silent_voter_are_followed_again_after_twice_the_election
         assert time.monotonic() < deadline, "redirects to it still refused after 5 s"
     assert time.monotonic() - silent_at >= 0.040
     # Picked by turn, it still comes last, while it has not answered.
-    rotation = itertools.cycle(client._targets())
+    rotation = client._rotation(None)
     assert [client._next_target(rotation, "tcp://b") for _ in range(2)] == ["tcp://c"] * 2
     # With every other target silent too, the next one is still some other one.
     client._note_silent("tcp://b")
     client._note_silent("tcp://c")
-    assert client._next_target(itertools.cycle(client._targets()), "tcp://a") != "tcp://a"
+    assert client._next_target(client._rotation(None), "tcp://a") != "tcp://a"
+
+
+def test_a_call_turns_to_the_listing_as_it_is_now_once_a_voter_moved() -> None:
+    # A voter restarted at another port during a call: the call's turns must go to
+    # the new address, not keep waiting on the old one that will never answer.
+    client = _bare_client(election_timeout_ms=20)
+    listing = ["tcp://a", "tcp://b", "tcp://c"]
+    client._targets = lambda: list(listing)
+    rotation = client._rotation(None)
+    assert client._rotation(rotation) is rotation  # unchanged: the same turns go on
+    assert client._next_target(rotation, "tcp://a") == "tcp://b"
+    listing[2] = "tcp://c2"
+    moved = client._rotation(rotation)
+    assert moved is not rotation and moved.listed == ["tcp://a", "tcp://b", "tcp://c2"]
+    turns = {client._next_target(moved, "tcp://a") for _ in range(4)}
+    assert turns == {"tcp://b", "tcp://c2"}
 
 
 def _single_voter(cluster: LocalCluster) -> None:
