@@ -313,13 +313,8 @@ async def _connect(cluster: Path, timeout_s: float) -> AsyncIterator[tuple[KVCli
     node = open_client(cluster)
     config = node.config.raft.model_copy(
         update={"client_timeout_ms": max(1, round(timeout_s * 1000))})
-    client = KVClient(node, config, lambda: addresses)
-    async with node.running(), anyio.create_task_group() as tg:
-        tg.start_soon(client.run)
-        try:
-            yield client, default_lock_owner(node.node_id)
-        finally:
-            tg.cancel_scope.cancel()
+    async with KVClient.running(node, config, lambda: addresses) as client:
+        yield client, default_lock_owner(node.node_id)
 
 
 def _value_of(args: argparse.Namespace) -> bytes:

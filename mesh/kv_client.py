@@ -243,7 +243,16 @@ class KVClient:
         cluster = Path(cluster_dir)
         listing = _ClusterListing(cluster)
         node = open_client(cluster)
-        client = cls(node, node.config.raft, listing.addresses)
+        async with cls.running(node, node.config.raft, listing.addresses) as client:
+            yield client
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls, node: Node, config: RaftConfig,
+                      targets: Callable[[], Sequence[Target]]) -> AsyncIterator[KVClient]:
+        """A client sending through client node ``node`` to ``targets``, with the node
+        and the client's watchdog running for the ``async with`` block."""
+        client = cls(node, config, targets)
         async with node.running(), anyio.create_task_group() as tg:
             tg.start_soon(client.run)
             try:

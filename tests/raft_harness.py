@@ -143,13 +143,8 @@ async def own_client(cluster_dir: Path, name: str) -> AsyncIterator[KVClient]:
         return list(known)
 
     targets()
-    client = KVClient(node, node.config.raft, targets)
-    async with node.running(), anyio.create_task_group() as tg:
-        tg.start_soon(client.run)
-        try:
-            yield client
-        finally:
-            tg.cancel_scope.cancel()
+    async with KVClient.running(node, node.config.raft, targets) as client:
+        yield client
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
