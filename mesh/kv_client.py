@@ -477,10 +477,13 @@ class KVClient:
             # Each silence of a target doubles the patience it gets next (up to 16x): a
             # dead leader is left after one, but a leader slowed by load is not answered
             # with a storm of retries through the other voters, which slows it more.
-            # Per target, not per call: a voter seen for the first time (one restarted
-            # at a new address) is not kept waiting for what others did.
-            silence_s = config.client_attempt_timeout_ms / 1000 * 2 ** min(
-                silences.get(target, 0), 4)
+            # Per target, not per call, so that one dead voter (or an address a voter
+            # left) does not make the call wait longer and longer on the others; but
+            # after any silence every target gets at least twice the first patience,
+            # since a survivor busy with an election answers late, and one taken for
+            # silent is not followed when it wins.
+            doublings = silences.get(target, 1 if silences else 0)
+            silence_s = config.client_attempt_timeout_ms / 1000 * 2 ** min(doublings, 4)
             # Awaited here rather than in a coroutine of its own: every level of
             # coroutine a write passes through costs it a frame on each resume.
             future = self._start_attempt(target, call, silence_s,
