@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import itertools
 import math
 import re
@@ -17,7 +19,7 @@ from conftest import LocalCluster
 from consensus.kvstore import ErrorCode
 from mesh.config import RaftConfig
 from mesh.identity import read_private_key
-from mesh.kv_client import KVClient, KVInvalid, _Session
+from mesh.kv_client import KVClient, KVInvalid, KVUnavailable, _Session
 from mesh.kv_messages import GET_MANY_KEYS_MAX, KV_CALL, KV_WRITES, KVCall, PendingWrite
 from mesh.layout import NODE_KEY
 from mesh.transport import Route
@@ -124,6 +126,47 @@ def test_a_call_turns_to_the_listing_as_it_is_now_once_a_voter_moved() -> None:
     assert moved is not rotation and moved.listed == ["tcp://a", "tcp://b", "tcp://c2"]
     turns = {client._next_target(moved, "tcp://a") for _ in range(4)}
     assert turns == {"tcp://b", "tcp://c2"}
+
+
+def test_patience_doubles_per_silent_target_with_a_floor_after_any_silence() -> None:
+    # Voters that never answer, attempts resolved at once: what matters is how long
+    # each attempt was willing to wait, and on whom.
+    client = _bare_client(election_timeout_ms=20)
+    client._config = RaftConfig(heartbeat_interval_ms=1, election_timeout_ms=20,
+                                client_attempt_timeout_ms=100, client_timeout_ms=300)
+    client.counters = collections.Counter()
+    client._call_ids = itertools.count(1)
+    client._leader, client.client_id = "tcp://a", "c"
+    client._attempts, client._waiting = {}, {}
+    listing = ["tcp://a", "tcp://b", "tcp://c"]
+    client._targets = lambda: list(listing)
+    waited: list[tuple[object, float]] = []
+
+    def silent_attempt(target: object, call: KVCall, silence_s: float,
+                       timeout_s: float) -> asyncio.Future[None]:
+        waited.append((target, round(silence_s, 3)))
+        if len(waited) == 4:
+            listing[2] = "tcp://c2"  # c restarted at another port meanwhile
+        client._attempts[call.call_id] = None  # type: ignore[assignment]  # _call deletes it
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    client._start_attempt = silent_attempt  # type: ignore[assignment,method-assign]
+
+    async def call() -> None:
+        with pytest.raises(KVUnavailable):
+            await client._call({"read": "get", "key": "k"})
+
+    anyio.run(call)
+    assert waited[:9] == [
+        ("tcp://a", 0.1),  # the leader, at first patience
+        ("tcp://b", 0.2), ("tcp://c", 0.2),  # after a silence, never less than twice that
+        ("tcp://b", 0.2),  # silent once: its own count, no more than the floor
+        ("tcp://c2", 0.2),  # c restarted at another port: the new address is asked
+        ("tcp://b", 0.4),  # silent twice: doubled again, for b alone
+        ("tcp://a", 0.2), ("tcp://c2", 0.2), ("tcp://b", 0.8)]
+    assert all(silence <= 1.6 for _, silence in waited)  # at most 16x
 
 
 def _single_voter(cluster: LocalCluster) -> None:
