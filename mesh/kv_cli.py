@@ -52,7 +52,8 @@ from typing import Any
 import anyio
 
 from consensus.kvstore import ErrorCode, Response
-from mesh.config import NodeConfig
+from consensus.kvstore.wire import show
+from mesh.config import RaftConfig
 from mesh.errors import MeshError
 from mesh.kv_client import KVClient, KVError, KVUnavailable
 from mesh.kv_messages import KVItem
@@ -280,14 +281,11 @@ def _write(stream: Any, text: str | bytes | None) -> None:
     stream.buffer.flush()
 
 
-_SHOWN_CHARS_MAX = 80
-
-
 def _shown(text: str) -> str:
-    """``text`` quoted for a message; a long one cut, so the message stays readable."""
-    if len(text) <= _SHOWN_CHARS_MAX:
-        return repr(text)
-    return f"{text[:_SHOWN_CHARS_MAX]!r}... ({len(text)} characters)"
+    """``text`` quoted for a message as the store's errors show values (a long one
+    cut), with its length when cut."""
+    quoted = show(text)
+    return quoted if quoted == repr(text) else f"{quoted} ({len(text)} characters)"
 
 
 def _encode(text: str | bytes) -> bytes:
@@ -324,7 +322,7 @@ def _value_of(args: argparse.Namespace) -> bytes:
         if args.base64:
             raise KVCommandError("--base64 is for VALUE; --file stores the file's bytes as "
                                  "they are")
-        return _read_value_file(args.file, NodeConfig().raft.max_bytes_per_append)
+        return _read_value_file(args.file, RaftConfig().max_bytes_per_append)
     if args.value is None:
         raise KVCommandError("give VALUE, or --file PATH")
     if not args.base64:
