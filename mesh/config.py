@@ -406,6 +406,14 @@ class RaftConfig(_Section):
         description="Most entry bytes in one append message, and the largest request; "
         "keep it below envelope.envelope_size_bytes_max.",
     )
+    writes_per_entry_max: int = Field(
+        256,
+        ge=1,
+        description="Client key writes (put, delete, compare-and-set) that arrive "
+        "together, in one envelope, the leader joins into one log entry at most: the "
+        "entry's Raft, log and network work is then paid once for them. Also bounded "
+        "by max_bytes_per_append; 1 gives every write an entry of its own.",
+    )
     max_inflight_appends: int = Field(
         256, ge=1, description="Appends sent to one follower and not yet acknowledged."
     )
@@ -419,14 +427,16 @@ class RaftConfig(_Section):
         10_000,
         ge=1,
         description="Snapshot the KV store and compact the log every this many applied "
-        "entries; fewer means faster restarts and catch-up, more snapshot work.",
+        "requests (a batch entry counts each of its writes); fewer means faster restarts "
+        "and catch-up, more snapshot work.",
     )
     snapshot_keep_entries: int = Field(
         20_000,
         ge=0,
-        description="Entries kept in the log below a snapshot, so that followers a busy "
-        "pipeline's worth behind catch up from the log rather than by a whole snapshot. "
-        "Keep it above the writes in flight at peak (clients' outstanding requests).",
+        description="Requests kept in the log below a snapshot (the entries that hold "
+        "them), so that followers a busy pipeline's worth behind catch up from the log "
+        "rather than by a whole snapshot. Keep it above the writes in flight at peak "
+        "(clients' outstanding requests).",
     )
     calls_pending_max: int = Field(
         100_000,

@@ -25,8 +25,11 @@ Ready that leaves, or with ``fsync_on_thread``:
 Clients reach it through ``submit`` with a ``KVCall`` (from the network, or from
 this node's own ``KVClient``) and a callback for the ``KVAnswer``, or through
 ``submit_writes`` with the columns of a ``KVWrites`` (``submit_write`` for one).
-Writes are stamped with the leader's wall clock and proposed; the answer is sent
-when the entry is applied here. Reads go through ReadIndex. Every pending call is bounded
+Writes are stamped with the leader's wall clock and proposed; the key writes of
+one ``KVWrites`` share entries, up to ``writes_per_entry_max`` each (a batch, see
+``consensus.kvstore.commands``), so Raft, the log and the followers pay for one
+entry per batch rather than per write. The answer is sent when the entry is
+applied here. Reads go through ReadIndex. Every pending call is bounded
 (``calls_pending_max``) and expires (``call_timeout_ms``); a leader that loses its
 leadership answers its pending writes ``unavailable`` so their clients retry at
 the new leader with the same sequence number, and the store's sessions apply
@@ -38,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +57,10 @@ from consensus.kvstore import (
     KVStore,
     Request,
     Tick,
-    decode_command,
     encode_request,
     encode_response,
-    session_request,
 )
+from consensus.kvstore.commands import entry_from_items, item_may_share_entry, request_item
 from consensus.raft import MESSAGE_KINDS, ConfState, EntryKind, RaftNode, Ready, Role
 from consensus.raft.messages import APPEND, HEARTBEAT, SNAPSHOT
 from mesh.config import RaftConfig
@@ -86,6 +89,9 @@ _ROLE_NAMES = {
     Role.LEARNER: "learner",
 }
 _EXPIRY_SWEEP_S = 0.25
+_BATCH_ITEM_OVERHEAD = 48
+"""Bytes a request adds to a batch besides its command and client id, at most
+(its list, format tag, seq, now_ms and the headers of its fields)."""
 
 
 class _Writer(NamedTuple):
@@ -101,8 +107,8 @@ class _Waiting:
     call: KVCall | _Writer  # a read's call, or a write's writer
     answer: AnswerCallback
     since: float
-    data: bytes = b""  # a write's proposed entry
-    request: Request | None = None  # and its request, so applying need not decode it
+    data: bytes = b""  # a write's proposed entry (shared by a batch's writes)
+    item: list[Any] | None = None  # a write's request in list form, until proposed
     written: WrittenCallback | None = None  # answers an applied write, if given
     read_index: int | None = None  # a read's index, once known
 
@@ -146,8 +152,16 @@ class RaftService:
         self._in_batch = False  # the node is delivering a batch of received frames
         self._wanted_after_batch = False  # and the core has a Ready for its end
         self._failure: Exception | None = None
-        self._writes: dict[int, _Waiting] = {}  # by proposed log index
-        self._proposed: dict[tuple[str, int], int] = {}  # (client id, seq) -> its index
+        # The writes of each proposed entry (one, or a batch's in order), by log index.
+        self._writes: dict[int, list[_Waiting]] = {}
+        self._writes_pending = 0  # in all of them
+        self._proposed: dict[tuple[str, int], _Waiting] = {}  # by (client id, seq)
+        # (index, requests applied through it) of each entry applied since the node
+        # started, above the last compaction: snapshots and compaction count requests,
+        # not entries, since a batch entry holds many.
+        self._request_marks: deque[tuple[int, int]] = deque()
+        self._requests_applied = 0
+        self._requests_at_snapshot = 0
         self._reads: dict[bytes, _Waiting] = {}  # by read request id
         self._reads_started = 0
         self._read_prefix = node.node_id[:4] + int(time.time_ns()).to_bytes(8, "big")
@@ -160,7 +174,8 @@ class RaftService:
         self.after_answers: Callable[[], None] = lambda: None
         self.counters: dict[str, int] = dict.fromkeys(
             ("calls", "calls_invalid", "calls_refused_busy", "calls_expired", "redirects",
-             "writes_applied", "reads_served", "readies", "fsyncs", "snapshots_taken",
+             "writes_applied", "batch_entries", "reads_served", "readies", "fsyncs",
+             "snapshots_taken",
              "snapshots_installed", "leader_changes"), 0)
 
     # -- the core's side, for Node.register_core ---------------------------------------
@@ -221,21 +236,44 @@ class RaftService:
                       seqs: Sequence[int], commands: Sequence[bytes], answer: AnswerCallback,
                       written: WrittenCallback | None = None) -> None:
         """Serve writes given in columns (a ``KVWrites``'s), as ``submit_write`` would
-        one by one: every write proposed here is stamped with the same time."""
+        one by one, but with the key writes among them joined into batch entries
+        (in their order): every write proposed here is stamped with the same time."""
         self.counters["calls"] += len(call_ids)
         now_ms, since = _wall_ms(), time.monotonic()
-        limit, reads = self._config.calls_pending_max, self._reads
+        config, reads = self._config, self._reads
+        limit, per_entry_max = config.calls_pending_max, config.writes_per_entry_max
+        # Leave room for the batch's own framing within the bound on an entry.
+        bytes_max = config.max_bytes_per_append - _BATCH_ITEM_OVERHEAD
+        batch: list[_Waiting] = []
+        batch_bytes = 0
         for call_id, client_id, seq, command in zip(
                 call_ids, client_ids, seqs, commands, strict=True):
-            if len(self._writes) + len(reads) >= limit:
+            if self._writes_pending + len(batch) + len(reads) >= limit:
                 self._refuse_full(call_id, answer)
                 continue
-            self._submit_write(_Writer(call_id, client_id, seq), command, answer, written,
-                               now_ms, since)
+            waiting = self._new_write(_Writer(call_id, client_id, seq), command, answer,
+                                      written, now_ms, since)
+            if waiting is None:
+                continue
+            assert waiting.item is not None
+            size = len(command) + len(client_id) + _BATCH_ITEM_OVERHEAD
+            if batch and (len(batch) >= per_entry_max or batch_bytes + size > bytes_max):
+                self._propose_writes(batch)
+                batch, batch_bytes = [], 0
+            if item_may_share_entry(waiting.item):
+                batch.append(waiting)
+                batch_bytes += size
+                continue
+            if batch:  # in order: the batch so far, then this one alone
+                self._propose_writes(batch)
+                batch, batch_bytes = [], 0
+            self._propose_writes([waiting])
+        if batch:
+            self._propose_writes(batch)
         self._kick()
 
     def _full(self, call_id: int, answer: AnswerCallback) -> bool:
-        if len(self._writes) + len(self._reads) < self._config.calls_pending_max:
+        if self._writes_pending + len(self._reads) < self._config.calls_pending_max:
             return False
         self._refuse_full(call_id, answer)
         return True
@@ -245,39 +283,58 @@ class RaftService:
         answer(KVAnswer(call_id=call_id, status="unavailable",
                         detail="this voter holds calls_pending_max requests already"))
 
-    def _submit_write(self, writer: _Writer, command: bytes, answer: AnswerCallback,
-                      written: WrittenCallback | None, now_ms: int, since: float) -> None:
-        raft = self.raft
-        if raft.role is not Role.LEADER:
+    def _new_write(self, writer: _Writer, command: bytes, answer: AnswerCallback,
+                   written: WrittenCallback | None, now_ms: int, since: float
+                   ) -> _Waiting | None:
+        """The write to propose, or None if it was answered (or joined) already."""
+        if self.raft.role is not Role.LEADER:
             self._redirect(writer.call_id, answer)
-            return
-        session = (writer.client_id, writer.seq)
-        if writer.client_id and session in self._proposed:
-            # A retry of a write still in flight here: answer it when that commits,
-            # rather than propose it again (the store would apply it once anyway).
-            waiting = self._writes[self._proposed[session]]
-            waiting.call, waiting.answer, waiting.written = writer, answer, written
-            return
+            return None
+        if writer.client_id:
+            pending = self._proposed.get((writer.client_id, writer.seq))
+            if pending is not None:
+                # A retry of a write still in flight here: answer it when that
+                # commits, rather than propose it again (the store would apply it
+                # once anyway).
+                pending.call, pending.answer, pending.written = writer, answer, written
+                return None
         try:
-            request = session_request(writer.client_id, writer.seq, now_ms,
-                                      decode_command(command))
+            item = request_item(writer.client_id, writer.seq, now_ms, command)
         except CommandError as exc:
             self._invalid(writer.call_id, answer, str(exc))
-            return
-        data = encode_request(request)
+            return None
+        return _Waiting(writer, answer, since, b"", item, written)
+
+    def _propose_writes(self, writes: list[_Waiting]) -> None:
+        """Propose ``writes`` as one entry (``writes_per_entry_max`` and the bytes
+        bound them beforehand); answer each if it cannot be."""
+        data = entry_from_items([waiting.item for waiting in writes])  # type: ignore[misc]
         try:
-            index = raft.propose(data)
+            index = self.raft.propose(data)
         except ValueError as exc:  # larger than max_bytes_per_append
-            self._invalid(writer.call_id, answer, str(exc))
+            if len(writes) > 1:  # the estimate fell short: halve it
+                half = len(writes) // 2
+                self._propose_writes(writes[:half])
+                self._propose_writes(writes[half:])
+                return
+            self._invalid(writes[0].call.call_id, writes[0].answer, str(exc))
             return
         if index is None:
-            self.counters["calls_refused_busy"] += 1
-            answer(KVAnswer(call_id=writer.call_id, status="unavailable",
-                            detail="the leader is busy (uncommitted bytes) or transferring"))
+            for waiting in writes:
+                self.counters["calls_refused_busy"] += 1
+                waiting.answer(KVAnswer(
+                    call_id=waiting.call.call_id, status="unavailable",
+                    detail="the leader is busy (uncommitted bytes) or transferring"))
             return
-        self._writes[index] = _Waiting(writer, answer, since, data, request, written)
-        if writer.client_id:
-            self._proposed[session] = index
+        proposed = self._proposed
+        for waiting in writes:
+            waiting.data, waiting.item = data, None
+            if waiting.call.client_id:
+                proposed[(waiting.call.client_id, waiting.call.seq)] = waiting
+        self._writes[index] = writes
+        self._writes_pending += len(writes)
+        if len(writes) > 1:
+            self.counters["batch_entries"] += 1
 
     def _submit_read(self, call: KVCall, answer: AnswerCallback) -> None:
         raft = self.raft
@@ -312,9 +369,10 @@ class RaftService:
     def _expire(self, now: float) -> None:
         limit = self._config.call_timeout_ms / 1000
         expired: list[_Waiting] = []
-        for index in [i for i, w in self._writes.items() if now - w.since > limit]:
-            expired.append(self._writes.pop(index))
-            self._proposed.pop((expired[-1].call.client_id, expired[-1].call.seq), None)
+        for index in [i for i, ws in self._writes.items() if now - ws[0].since > limit]:
+            writes = self._writes.pop(index)
+            self._forget(writes)
+            expired.extend(writes)
         for request_id in [r for r, w in self._reads.items() if now - w.since > limit]:
             expired.append(self._reads.pop(request_id))
         for waiting in expired:
@@ -470,7 +528,8 @@ class RaftService:
         # new leader with the same sequence number and the store answers it once.
         pending, self._writes = self._writes, {}
         self._proposed.clear()
-        for waiting in pending.values():
+        self._writes_pending = 0
+        for waiting in (waiting for writes in pending.values() for waiting in writes):
             waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="unavailable",
                                     leader_id=self.raft.leader_id,
                                     detail="leadership changed; retry"))
@@ -479,9 +538,12 @@ class RaftService:
         if ready.snapshot is not None and ready.snapshot.index > self._applied:
             self.kv = KVStore.restore(ready.snapshot.data, self._config.kv_settings())
             self._applied = ready.snapshot.index
+            self._request_marks.clear()  # the log below is the snapshot's now
+            self._requests_at_snapshot = self._requests_applied
             self.counters["snapshots_installed"] += 1
         kv = self.kv
         writes = self._writes
+        marks = self._request_marks
         for entry in ready.committed_entries:
             index = entry.index
             if index <= self._applied:
@@ -489,27 +551,37 @@ class RaftService:
             self._applied = index
             if entry.kind is not EntryKind.NORMAL or not entry.data:
                 continue
-            self.counters["writes_applied"] += 1
+            responses = kv.apply_entry(index, entry.data)
+            applied = len(responses)
             waiting = writes.pop(index, None) if writes else None
-            if waiting is None:
-                kv.apply(index, entry.data)
-                continue
-            self._proposed.pop((waiting.call.client_id, waiting.call.seq), None)
-            if waiting.data == entry.data:
-                assert waiting.request is not None
-                response = kv.apply_request(index, waiting.request)
-                if waiting.written is not None:
-                    waiting.written(waiting.call.call_id, encode_response(response))
-                else:
-                    waiting.answer(ok_answer(waiting.call.call_id, encode_response(response)))
-            else:  # another leader's entry took the slot: retry decides
-                kv.apply(index, entry.data)
-                waiting.answer(KVAnswer(call_id=waiting.call.call_id, status="unavailable",
-                                        detail="the request lost its log slot; retry"))
+            if waiting is not None:
+                self._forget(waiting)
+                if waiting[0].data == entry.data:
+                    for write, response in zip(waiting, responses, strict=True):
+                        if write.written is not None:
+                            write.written(write.call.call_id, encode_response(response))
+                        else:
+                            write.answer(ok_answer(write.call.call_id,
+                                                   encode_response(response)))
+                else:  # another leader's entry took the slot: retry decides
+                    for write in waiting:
+                        write.answer(KVAnswer(call_id=write.call.call_id, status="unavailable",
+                                              detail="the request lost its log slot; retry"))
+            self.counters["writes_applied"] += applied
+            self._requests_applied += applied
+            marks.append((index, self._requests_applied))
         for state in ready.read_states:
             read = self._reads.get(state.request_id)
             if read is not None:
                 read.read_index = state.index
+
+    def _forget(self, writes: list[_Waiting]) -> None:
+        """``writes`` (one entry's) are answered or about to be: no longer pending."""
+        self._writes_pending -= len(writes)
+        proposed = self._proposed
+        if proposed:
+            for waiting in writes:
+                proposed.pop((waiting.call.client_id, waiting.call.seq), None)
 
     def _serve_reads(self) -> None:
         if not self._reads:
@@ -544,13 +616,20 @@ class RaftService:
             deadline_ms=lock.deadline_ms))
 
     def _maybe_snapshot(self) -> None:
-        storage = self.storage
-        if self._applied - storage.snapshot().index < self._config.snapshot_interval_entries:
+        config, storage = self._config, self.storage
+        if self._requests_applied - self._requests_at_snapshot < config.snapshot_interval_entries:
             return
         if self.raft.applied_index < self._applied:
             return  # the core has not caught up with what we applied (next Ready)
         storage.create_snapshot(self._applied, self.raft.conf_state, self.kv.snapshot())
-        storage.compact(max(0, self._applied - self._config.snapshot_keep_entries))
+        self._requests_at_snapshot = self._requests_applied
+        # Keep the entries that hold the last snapshot_keep_entries requests.
+        keep_from, marks, compact_to = (
+            self._requests_applied - config.snapshot_keep_entries, self._request_marks, 0)
+        while marks and marks[0][1] <= keep_from:
+            compact_to = marks.popleft()[0]
+        if compact_to:
+            storage.compact(compact_to)
         self.counters["snapshots_taken"] += 1
 
     # -- status ---------------------------------------------------------------------------
@@ -569,7 +648,7 @@ class RaftService:
             "keys": len(self.kv),
             "last_index": raft.last_index,
             "progress": raft.progress_status(),
-            "pending_calls": len(self._writes) + len(self._reads),
+            "pending_calls": self._writes_pending + len(self._reads),
             "counters": {**self.counters, **raft.counters},
             "log": self.storage.log.stats,
         }

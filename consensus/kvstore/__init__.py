@@ -2,13 +2,15 @@
 
 How this works: clients send ``Request`` objects (a command, their client id and
 sequence number) to the Raft leader, which stamps them with its clock
-(``now_ms``), encodes them (``encode_request``) and proposes the bytes. Each replica
-applies committed entries with ``KVStore.apply(index, bytes)``, a deterministic
-function of the state and the entry, and the leader returns the ``Response`` to the
-client. The store holds keys with per-key versions (``Put``, ``Delete``,
-``CompareAndSet``), leases with TTLs that take their keys with them (``LeaseGrant``,
-``LeaseKeepAlive``, ``LeaseRevoke``), and locks that hand out fencing tokens
-(``LockAcquire``, ``LockRelease``); ``Tick`` just advances time. Retried requests
+(``now_ms``), encodes them (``encode_request``, or several key writes that arrived
+together as one batch, ``encode_entry``) and proposes the bytes. Each replica
+applies committed entries with ``KVStore.apply_entry(index, bytes)``, a
+deterministic function of the state and the entry, and the leader returns each
+request's ``Response`` to its client. The store holds keys with per-key versions
+(``Put``, ``Delete``, ``CompareAndSet``), leases with TTLs that take their keys
+with them (``LeaseGrant``, ``LeaseKeepAlive``, ``LeaseRevoke``), and locks that
+hand out fencing tokens (``LockAcquire``, ``LockRelease``); ``Tick`` just advances
+time. Retried requests
 are applied once (``sessions``). ``snapshot``/``restore`` give canonical bytes for
 Raft log compaction.
 
@@ -33,9 +35,12 @@ from consensus.kvstore.commands import (
     Request,
     Tick,
     decode_command,
+    decode_entry,
     decode_request,
     encode_command,
+    encode_entry,
     encode_request,
+    may_share_entry,
     session_request,
 )
 from consensus.kvstore.errors import CommandError, KVStoreError, SnapshotError
@@ -69,10 +74,13 @@ __all__ = [
     "SnapshotError",
     "Tick",
     "decode_command",
+    "decode_entry",
     "decode_request",
     "decode_response",
     "encode_command",
+    "encode_entry",
     "encode_request",
     "encode_response",
+    "may_share_entry",
     "session_request",
 ]

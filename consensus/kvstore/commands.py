@@ -5,7 +5,10 @@ How this works: a client builds a command (``Put``, ``CompareAndSet``,
 sequence number of that client. The Raft leader fills in ``now_ms`` when it
 proposes the request (see below), and the request's bytes (``encode_request``)
 become one log entry. Every replica decodes the committed entry
-(``decode_request``) and applies it (``KVStore.apply``).
+(``decode_request``) and applies it (``KVStore.apply``). Writes that reach the
+leader together may share one entry, a batch (``encode_entry``, ``decode_entry``):
+its requests are applied in order at the entry's index, so a batch costs Raft,
+the log and the network one entry instead of one per write.
 
 Why time is in the request: a lease expires at a point in time, and every replica
 must expire it at the same point *in the log*, or one replica would still serve a
@@ -27,12 +30,14 @@ checked by the store when applying, since settings belong to the state machine.
 
 Bytes: a command is the msgpack list ``[tag, field, ...]`` with fields in
 declaration order; a request is ``[REQUEST_FORMAT, client_id, seq, now_ms,
-command]``. The same value always encodes to the same bytes.
+command]``; a batch is ``[BATCH_FORMAT, [request, request, ...]]`` with at least
+two requests (an entry of one request is that request). The same value always
+encodes to the same bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, TypeAlias
@@ -51,6 +56,7 @@ from consensus.kvstore.wire import (
 )
 
 __all__ = [
+    "BATCH_FORMAT",
     "REQUEST_FORMAT",
     "SIDE_WRITES_MAX",
     "Command",
@@ -68,15 +74,28 @@ __all__ = [
     "command_from_wire",
     "command_to_wire",
     "decode_command",
+    "decode_entry",
     "decode_request",
     "encode_command",
+    "encode_entry",
+    "encode_plain_put",
     "encode_request",
+    "entry_from_items",
+    "entry_items",
+    "item_may_share_entry",
+    "item_request",
+    "may_share_entry",
+    "plain_put_fields",
     "request_from_wire",
+    "request_item",
     "session_request",
 ]
 
 REQUEST_FORMAT = 1
 """Version of the request byte layout; a request of another version is refused."""
+
+BATCH_FORMAT = 2
+"""Marks an entry of several requests (see the module doc)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +307,9 @@ _CLASS_BY_TAG: dict[int, type[Command]] = {
     10: CompareAndSetWithWrites,
 }
 _TAG_BY_CLASS: dict[type[Command], int] = {cls: tag for tag, cls in _CLASS_BY_TAG.items()}
+_PUT_TAG = _TAG_BY_CLASS[Put]
+_SHARE_ENTRY: frozenset[type[Command]] = frozenset(
+    {Put, Delete, CompareAndSet, CompareAndSetWithWrites})
 _FIELD_NAMES: dict[type[Command], tuple[str, ...]] = {
     cls: tuple(field.name for field in fields(cls)) for cls in _TAG_BY_CLASS
 }
@@ -366,6 +388,12 @@ def encode_command(command: Command) -> bytes:
     return pack(command_to_wire(command))
 
 
+def encode_plain_put(key: str, value: bytes) -> bytes:
+    """``encode_command(Put(key, value))`` for a key and value the caller has checked
+    as ``Put`` would (a non-empty ASCII str, bytes): without building the ``Put``."""
+    return pack([_PUT_TAG, key, value, None])
+
+
 def decode_command(data: bytes) -> Command:
     """The command in ``data`` (from ``encode_command``); ``CommandError`` for garbage."""
     items = unpack(data, "command bytes")
@@ -374,21 +402,100 @@ def decode_command(data: bytes) -> Command:
 
 def encode_request(request: Request) -> bytes:
     """Canonical msgpack bytes of a request: what the leader proposes as a log entry."""
-    return pack(
-        [
-            REQUEST_FORMAT,
-            request.client_id,
-            request.seq,
-            request.now_ms,
-            command_to_wire(request.command),
-        ]
-    )
+    return pack(_request_to_wire(request))
+
+
+def _request_to_wire(request: Request) -> list[Any]:
+    return [REQUEST_FORMAT, request.client_id, request.seq, request.now_ms,
+            command_to_wire(request.command)]
 
 
 def decode_request(data: bytes) -> Request:
     """The request in ``data`` (from ``encode_request``); ``CommandError`` for garbage."""
     items = unpack(data, "request bytes")
     return _plain_put_request(items) or request_from_wire(items)
+
+
+def may_share_entry(command: Command) -> bool:
+    """Whether ``command`` may be one of a batch's requests: key writes may; a lease
+    grant or a lock acquire may not, since its lease id or fencing token is its
+    entry's index and must be unique (the rest stay alone for simplicity)."""
+    return type(command) in _SHARE_ENTRY
+
+
+def encode_entry(requests: Sequence[Request]) -> bytes:
+    """Canonical bytes of a log entry holding ``requests`` (at least one), applied in
+    order: one request's own bytes, or a batch of them (``ValueError`` if a
+    command in it may not share an entry, see ``may_share_entry``)."""
+    return entry_from_items([_request_to_wire(request) for request in requests])
+
+
+def request_item(client_id: str, seq: int, now_ms: int, command: bytes) -> list[Any]:
+    """The request ``(client_id, seq, now_ms, the command in command)`` in the list
+    form an entry holds (``entry_from_items``), canonical as ``encode_request``
+    makes it; ``CommandError`` for anything ``Request`` or ``decode_command`` refuses.
+    What a leader builds per write, without the command and request objects."""
+    items = unpack(command, "command bytes")
+    if (_plain_put_ok(items) and type(client_id) is str and client_id and client_id.isascii()
+            and type(seq) is int and 1 <= seq <= INT_MAX
+            and type(now_ms) is int and 0 <= now_ms <= INT_MAX):
+        return [REQUEST_FORMAT, client_id, seq, now_ms, items]
+    return _request_to_wire(Request(client_id, seq, now_ms, command_from_wire(items)))
+
+
+def item_may_share_entry(item: list[Any]) -> bool:
+    """``may_share_entry`` for a ``request_item``."""
+    return _CLASS_BY_TAG[item[4][0]] in _SHARE_ENTRY
+
+
+def entry_from_items(items: Sequence[list[Any]]) -> bytes:
+    """``encode_entry`` for requests in the list form of ``request_item``."""
+    if len(items) == 1:
+        return pack(items[0])
+    if not items:
+        raise ValueError("an entry holds at least one request")
+    for item in items:
+        if not item_may_share_entry(item):
+            raise ValueError(f"{_CLASS_BY_TAG[item[4][0]].__name__} may not share an entry")
+    return pack([BATCH_FORMAT, list(items)])
+
+
+def decode_entry(data: bytes) -> list[Request | CommandError]:
+    """The requests of an entry (from ``encode_entry``), in order; a batch's item
+    that is no request is its ``CommandError`` in its place (the others still
+    apply). ``CommandError`` if ``data`` is neither a request nor a batch."""
+    items, batch = entry_items(data)
+    if not batch:
+        return [item_request(items[0], in_batch=False)]
+    requests: list[Request | CommandError] = []
+    for item in items:
+        try:
+            requests.append(item_request(item, in_batch=True))
+        except CommandError as exc:
+            requests.append(exc)
+    return requests
+
+
+def entry_items(data: bytes) -> tuple[list[Any], bool]:
+    """An entry's requests in list form, undecoded (for ``item_request``), and
+    whether it is a batch; ``CommandError`` if it cannot be either."""
+    items = unpack(data, "entry bytes")
+    if not (type(items) is list and len(items) == 2 and type(items[0]) is int
+            and items[0] == BATCH_FORMAT):
+        return [items], False
+    batch = items[1]
+    if type(batch) is not list or len(batch) < 2:
+        raise CommandError(f"a batch holds a list of at least two requests, got {show(batch)}")
+    return batch, True
+
+
+def item_request(item: object, *, in_batch: bool) -> Request:
+    """The request an entry item stands for (see ``entry_items``); ``CommandError``
+    for anything else, or for a command that may not share an entry in a batch."""
+    request = _plain_put_request(item) or request_from_wire(item)
+    if in_batch and type(request.command) not in _SHARE_ENTRY:
+        raise CommandError(f"{type(request.command).__name__} may not share an entry")
+    return request
 
 
 def request_from_wire(obj: object) -> Request:
@@ -414,20 +521,25 @@ _new_object = object.__new__
 _set_field = object.__setattr__
 
 
-def _plain_put(items: Any) -> Put | None:
-    """The ``Put`` that ``command_from_wire(items)`` builds, if ``items`` is a put
-    whose fields pass its checks at once (an ASCII key); otherwise None."""
+def _plain_put_ok(items: Any) -> bool:
+    """Whether ``items`` is a put whose fields pass its checks at once (an ASCII key)."""
     if not (type(items) is list and len(items) == 4 and type(items[0]) is int
             and items[0] == 1):
-        return None
+        return False
     _, key, value, lease_id = items
-    if not (type(key) is str and key and key.isascii() and type(value) is bytes
-            and (lease_id is None or (type(lease_id) is int and 1 <= lease_id <= INT_MAX))):
+    return (type(key) is str and key != "" and key.isascii() and type(value) is bytes
+            and (lease_id is None or (type(lease_id) is int and 1 <= lease_id <= INT_MAX)))
+
+
+def _plain_put(items: Any) -> Put | None:
+    """The ``Put`` that ``command_from_wire(items)`` builds, if ``_plain_put_ok``;
+    otherwise None."""
+    if not _plain_put_ok(items):
         return None
     put = _new_object(Put)
-    _set_field(put, "key", key)
-    _set_field(put, "value", value)
-    _set_field(put, "lease_id", lease_id)
+    _set_field(put, "key", items[1])
+    _set_field(put, "value", items[2])
+    _set_field(put, "lease_id", items[3])
     return put
 
 
@@ -439,6 +551,27 @@ def _plain_put_request(items: Any) -> Request | None:
         return None
     put = _plain_put(items[4])
     return None if put is None else _session_request(items[1], items[2], items[3], put)
+
+
+def plain_put_fields(item: Any) -> tuple[str, int, int, str, bytes] | None:
+    """``(client_id, seq, now_ms, key, value)`` of an entry item that is a plain put
+    without a lease from a client session, every field passing its checks at once
+    (ASCII texts); otherwise None. What ``item_request`` would give, without
+    building it: replicas apply a batch's puts from these fields."""
+    if not (type(item) is list and len(item) == 5 and type(item[0]) is int
+            and item[0] == REQUEST_FORMAT):
+        return None
+    _, client_id, seq, now_ms, command = item
+    if not (type(command) is list and len(command) == 4 and type(command[0]) is int
+            and command[0] == 1 and command[3] is None):
+        return None
+    key, value = command[1], command[2]
+    if not (type(client_id) is str and client_id and client_id.isascii()
+            and type(seq) is int and 1 <= seq <= INT_MAX
+            and type(now_ms) is int and 0 <= now_ms <= INT_MAX
+            and type(key) is str and key and key.isascii() and type(value) is bytes):
+        return None
+    return client_id, seq, now_ms, key, value
 
 
 def session_request(client_id: str, seq: int, now_ms: int, command: Command) -> Request:

@@ -3,10 +3,13 @@
 How this works
 --------------
 Raft hands every replica the same committed entries in the same order; each replica
-calls ``KVStore.apply(index, entry_bytes)`` for each. ``apply`` is a pure function of
-the store's state and its arguments (no clock, no randomness, no hash-order
-iteration that could leak into state), so every replica reaches the same state and
-returns the same response; snapshots of equal states are equal bytes.
+calls ``KVStore.apply_entry(index, entry_bytes)`` for each. An entry holds one
+request, or a batch of key writes that are applied in order at the entry's index
+as if each had an entry of its own (they share the index: a response's ``index``
+and an item's ``create_index``/``mod_index`` name the entry). Applying is a pure
+function of the store's state and its arguments (no clock, no randomness, no
+hash-order iteration that could leak into state), so every replica reaches the same
+state and returns the same responses; snapshots of equal states are equal bytes.
 
 One ``apply``, in order:
 
@@ -57,7 +60,9 @@ from consensus.kvstore.commands import (
     Put,
     Request,
     Tick,
-    decode_request,
+    entry_items,
+    item_request,
+    plain_put_fields,
 )
 from consensus.kvstore.errors import CommandError
 from consensus.kvstore.leases import LeaseRecord, LeaseTable
@@ -183,25 +188,65 @@ class KVStore:
     # --------------------------------------------------------------------- apply
 
     def apply(self, index: int, request_bytes: bytes) -> Response:
-        """Apply the committed entry at ``index`` and return its response.
+        """Apply the committed entry at ``index`` and return its response (a batch's
+        last; ``apply_entry`` gives each of a batch's requests its own).
 
         ``index`` must exceed ``applied_index`` (entries are applied once, in order).
         Never raises for the entry's content; see the module doc for the steps.
         """
+        return self.apply_entry(index, request_bytes)[-1]
+
+    def apply_entry(self, index: int, entry_bytes: bytes) -> list[Response]:
+        """Apply the committed entry at ``index``: the response of each of its
+        requests, in order (one, or a batch's; see ``encode_entry``)."""
         assert index > self._applied_index, (index, self._applied_index)
         try:
-            request = decode_request(request_bytes)
+            items, batch = entry_items(entry_bytes)
+            request = None if batch else item_request(items[0], in_batch=False)
         except CommandError as exc:
             self._applied_index = index
+            return [Response(index, ErrorCode.INVALID_REQUEST, detail=_clip(str(exc)))]
+        self._applied_index = index
+        if request is not None:
+            return [self._apply_one(index, request)]
+        apply_item = self._apply_item
+        return [apply_item(index, item) for item in items]
+
+    def _apply_item(self, index: int, item: object) -> Response:
+        """Apply one request of a batch (in list form)."""
+        fields = plain_put_fields(item)
+        if fields is not None:
+            # Nearly every item: a put from a client session, applied from its
+            # fields when it passes every check at once, as _apply_one would
+            # apply it (a differential test holds the two to the same outcome).
+            client_id, seq, now_ms, key, value = fields
+            settings, items = self._settings, self._items
+            if (len(client_id) <= settings.key_bytes_max and len(key) <= settings.key_bytes_max
+                    and len(value) <= settings.value_bytes_max
+                    and (key in items or len(items) < settings.keys_max)):
+                if now_ms > self._now_ms:
+                    self._advance_clock(now_ms)
+                sessions = self._sessions
+                refusal = sessions.check(client_id, seq, index)
+                if refusal is not None:
+                    return refusal
+                response = self._write(index, key, value, None)
+                sessions.record(client_id, seq, response)
+                return response
+        try:
+            request = item_request(item, in_batch=True)
+        except CommandError as exc:
             return Response(index, ErrorCode.INVALID_REQUEST, detail=_clip(str(exc)))
-        return self.apply_request(index, request)
+        return self._apply_one(index, request)
 
     def apply_request(self, index: int, request: Request) -> Response:
         """``apply`` for a request already decoded: the bytes of the entry at ``index``
-        must be ``encode_request(request)`` (the leader keeps the requests it
-        proposed and saves decoding them again)."""
+        must be ``encode_request(request)``."""
         assert index > self._applied_index, (index, self._applied_index)
         self._applied_index = index
+        return self._apply_one(index, request)
+
+    def _apply_one(self, index: int, request: Request) -> Response:
         self._advance_clock(request.now_ms)
         client_id = request.client_id
         if client_id:
