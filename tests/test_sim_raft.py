@@ -1,6 +1,7 @@
 """Scenario ``raft``: Raft's five safety properties and a linearizable KV under faults.
 
-Fixed seeds for 3 and 5 voters under every fault kind, scripted leader faults,
+Fixed seeds for 3 and 5 voters under every fault kind (also with the writes of
+many clients joined into batch entries), scripted leader faults,
 lost and torn unsynced writes, determinism, the storage on the simulated disk,
 and proof that the checkers fail: by hand-fed bad observations and by a storage
 that never syncs. Every seed that ever failed joins its list here and stays.
@@ -98,6 +99,19 @@ def test_three_voters_under_every_fault_kind(seed: int) -> None:
 @pytest.mark.parametrize("seed", FIVE_VOTER_SEEDS)
 def test_five_voters_under_every_fault_kind(seed: int) -> None:
     assert_healthy(run(seed, 5, 20, faults=ALL_FAULTS))
+
+
+BATCH_SEEDS = [(1, 3), (2, 3), (3, 3), (4, 5), (5, 5)]
+
+
+@pytest.mark.parametrize(("seed", "nodes"), BATCH_SEEDS)
+def test_batch_entries_under_every_fault_kind(seed: int, nodes: int) -> None:
+    # Many clients and a slow fsync: the leader holds the key writes that arrive
+    # during each fsync and proposes them as one batch entry.
+    busy = RaftScenario(clients=16, fsync_latency_s=SLOW_FSYNC_S)
+    result = run(seed, nodes, 20, faults=ALL_FAULTS, scenario=busy)
+    assert_healthy(result)
+    assert result.metrics["batch_entries"] > 50
 
 
 # -- scripted faults -------------------------------------------------------------------

@@ -8,7 +8,10 @@ entries and hard state, then waits for the fsync (a small random latency, so
 a crash can land between the write and the sync and lose it), and only then
 sends the Ready's messages, applies its committed entries to the KV store,
 serves its reads and calls ``advance``. One Ready is in flight at a time, so
-whatever arrives meanwhile is written by the next one (group commit). Every
+whatever arrives meanwhile is written by the next one (group commit); a
+leader holds the key writes submitted during an fsync and proposes them as one
+batch entry after it, as the runtime's leader joins the writes that arrive
+together. Every
 ``snapshot_interval_entries`` applied entries it snapshots the KV store and
 compacts the log, so lagging and restarted nodes catch up by snapshot too. A
 restarted node recovers its storage from the disk (only synced data survived;
@@ -66,6 +69,7 @@ from pydantic import BaseModel
 from consensus.core import Incoming, Outgoing, ProtocolCore
 from consensus.kvstore import (
     Command,
+    CommandError,
     CompareAndSet,
     Delete,
     ErrorCode,
@@ -74,8 +78,10 @@ from consensus.kvstore import (
     Put,
     Request,
     Response,
-    decode_request,
+    decode_entry,
+    encode_entry,
     encode_request,
+    may_share_entry,
 )
 from consensus.raft import (
     MESSAGE_KINDS,
@@ -104,6 +110,10 @@ PAYLOADS_PER_S_MAX = 20_000
 """Payloads one node may send per second (of its clock) before its host calls it a
 message storm and drops the rest: a busy leader of 5 voters sends about a thousand
 (heartbeats, a window of appends per peer per client batch, answers)."""
+
+HELD_PER_ENTRY_MAX = 64
+"""Key writes a leader host joins into one batch entry at most (those held while an
+fsync was in progress)."""
 
 _SETTLE_ELECTIONS = 10
 # Client behaviour (virtual seconds). A pause between requests keeps histories a
@@ -155,8 +165,9 @@ class RaftHost:
     ``sync_later`` schedules the fsync's completion (None: fsync at once). With
     ``observe`` the host keeps what it wrote and applied for the safety checker.
     ``totals`` collects counts across incarnations (snapshots taken and
-    installed, message storms); ``on_storm`` hears of each message storm (more
-    than ``PAYLOADS_PER_S_MAX`` payloads in a second, the excess dropped).
+    installed, message storms, batch entries proposed, held writes dropped);
+    ``on_storm`` hears of each message storm (more than ``PAYLOADS_PER_S_MAX``
+    payloads in a second, the excess dropped).
     """
 
     def __init__(
@@ -191,6 +202,7 @@ class RaftHost:
         self._pending: Ready | None = None
         self._synced = True
         self._writes: dict[tuple[str, int], WriteCallback] = {}
+        self._held: list[Request] = []  # key writes waiting for the next batch entry
         self._reads: dict[bytes, _Read] = {}
         self._written: list[Written] = []
         self._applied: list[Applied] = []
@@ -254,8 +266,13 @@ class RaftHost:
         if raft.role is not Role.LEADER:
             return False, raft.leader_id
         # The leader stamps the request with its clock (see consensus.kvstore.commands).
-        data = encode_request(Request(client_id, seq, max(0, self._wall_ms()), command))
-        if raft.propose(data) is None:
+        request = Request(client_id, seq, max(0, self._wall_ms()), command)
+        if not self._synced and may_share_entry(command):
+            # Held until the fsync in progress completes, then proposed with the
+            # others held meanwhile as one batch entry: group commit, as the
+            # runtime's leader batches the writes that arrive together.
+            self._held.append(request)
+        elif raft.propose(encode_request(request)) is None:
             return False, None
         self._writes[(client_id, seq)] = done
         return True, raft.node_id
@@ -289,6 +306,7 @@ class RaftHost:
                     return
                 self._pending = None
                 self._finish(ready)
+            self._propose_held()
             if not self.raft.has_ready():
                 return
             ready = self.raft.ready()
@@ -299,6 +317,18 @@ class RaftHost:
                     self._on_synced()
                 else:
                     self._sync_later(self._on_synced)
+
+    def _propose_held(self) -> None:
+        """Propose the writes held during the last fsync, in batches of at most
+        ``HELD_PER_ENTRY_MAX``; a write that cannot be proposed (leadership lost, or
+        the leader busy) is left to its client's retry, as a lost message is."""
+        held, self._held = self._held, []
+        for start in range(0, len(held), HELD_PER_ENTRY_MAX):
+            batch = held[start:start + HELD_PER_ENTRY_MAX]
+            if self.raft.role is not Role.LEADER or self.raft.propose(encode_entry(batch)) is None:
+                self._count("held_writes_dropped", len(batch))
+            elif len(batch) > 1:
+                self._count("batch_entries")
 
     def _on_synced(self) -> None:
         self.storage.sync()
@@ -343,8 +373,8 @@ class RaftHost:
             if self._observe:
                 self._applied.append(Applied(term, entry))
             if entry.kind is EntryKind.NORMAL and entry.data:
-                response = self.kv.apply(entry.index, entry.data)
-                self._answer(entry.data, response)
+                responses = self.kv.apply_entry(entry.index, entry.data)
+                self._answer(entry.data, responses)
         for state in ready.read_states:
             read = self._reads.get(state.request_id)
             if read is not None:
@@ -383,13 +413,15 @@ class RaftHost:
                                f"over {PAYLOADS_PER_S_MAX} payloads within a second; one "
                                f"Ready alone had {payloads} ({kinds})")
 
-    def _answer(self, data: bytes, response: Response) -> None:
+    def _answer(self, data: bytes, responses: list[Response]) -> None:
         if not self._writes:
             return
-        request = decode_request(data)
-        done = self._writes.pop((request.client_id, request.seq), None)
-        if done is not None:
-            done(response)
+        for request, response in zip(decode_entry(data), responses, strict=True):
+            if isinstance(request, CommandError):
+                continue
+            done = self._writes.pop((request.client_id, request.seq), None)
+            if done is not None:
+                done(response)
 
     def _serve_reads(self) -> None:
         ready = [rid for rid, read in self._reads.items()
@@ -406,8 +438,8 @@ class RaftHost:
         storage.compact(self.applied - self._snapshot_keep)
         self._count("snapshots_taken")
 
-    def _count(self, name: str) -> None:
-        self.totals[name] = self.totals.get(name, 0) + 1
+    def _count(self, name: str, count: int = 1) -> None:
+        self.totals[name] = self.totals.get(name, 0) + count
 
 
 # -- clients -------------------------------------------------------------------------
@@ -760,7 +792,8 @@ class RaftScenario:
         streams = Streams(options.seed)
         worlds: list[World] = []  # the world, once built (the first cores start inside it)
         recoveries = {"torn_bytes": 0, "torn_tails_repaired": 0, "dropped_for_snapshot": 0}
-        totals = {"snapshots_taken": 0, "snapshots_installed": 0, "message_storms": 0}
+        totals = {"snapshots_taken": 0, "snapshots_installed": 0, "message_storms": 0,
+                  "batch_entries": 0, "held_writes_dropped": 0}
         storms: list[Violation] = []
 
         def on_storm(message: str) -> None:
@@ -868,6 +901,8 @@ class RaftScenario:
                 "snapshots_taken": float(totals["snapshots_taken"]),
                 "snapshots_installed": float(totals["snapshots_installed"]),
                 "message_storms": float(totals["message_storms"]),
+                "batch_entries": float(totals["batch_entries"]),
+                "held_writes_dropped": float(totals["held_writes_dropped"]),
                 "linearizability_states": float(verdict.stats.states_explored),
                 **({"increments_acked": float(sum(workload.acked.values())),
                     "increments_unknown": float(sum(workload.unacked.values())),
