@@ -67,6 +67,7 @@ from consensus.kvstore import (
     decode_response,
     encode_command,
 )
+from consensus.kvstore.commands import encode_plain_put
 from mesh.config import RaftConfig
 from mesh.errors import MeshError, MessageTooLarge
 from mesh.kv_messages import (
@@ -108,6 +109,11 @@ _Calls = list[KVCall | PendingWrite]  # ``list`` alone would name KVClient.list 
 _Answer = KVAnswer | bytes
 """What a call gets: a ``KVAnswer``, or the encoded ``Response`` of an applied write
 (answered in columns: nothing else to say, so no answer object is built for it)."""
+
+
+_WriteFields = tuple[str, int, bytes]
+"""A write's client id, seq and command for ``_call``: each attempt's ``PendingWrite``."""
+_new_tuple = tuple.__new__
 
 
 _SESSION_RESTARTS_MAX = 3
@@ -154,11 +160,15 @@ class _Session:
 
 @dataclass(slots=True)
 class _Attempt:
-    resolve: Callable[[_Answer | None], None]
+    future: asyncio.Future[_Answer | None]  # gets the answer, or None from the watchdog
     target: object
     silence_s: float
     give_up_at: float
     check_at: float
+
+    def resolve(self, answer: _Answer | None) -> None:
+        if not self.future.done():
+            self.future.set_result(answer)
 
 
 class _Rotation:
@@ -212,7 +222,6 @@ class KVClient:
         self._freed_session: _Session | None = None
         self._call_ids = itertools.count(1)
         self._session_numbers = itertools.count()
-        self._waiting: dict[int, Callable[[_Answer | None], None]] = {}
         self._outgoing: dict[str | bytes, _Calls] = {}
         self._send_queued = False  # a callback will send what _outgoing holds
         self._leader: Target | None = None
@@ -221,7 +230,7 @@ class KVClient:
         # doc. Node ids too, so that a redirect naming one by id is caught.
         self._silent: dict[object, float] = {}
         self._node_ids: dict[str, bytes] = {}  # address -> the node id answering there
-        self._attempts: dict[int, _Attempt] = {}  # by call id, for the watchdog
+        self._attempts: dict[int, _Attempt] = {}  # by call id: the attempt in flight
         # The loop ``run`` runs in, kept: asyncio.get_running_loop() makes a system
         # call (a fork check), which here cost a write 2 of its 16 us in-process.
         self._running_loop: asyncio.AbstractEventLoop | None = None
@@ -274,6 +283,9 @@ class KVClient:
 
     async def put(self, key: str, value: bytes | str, *, lease_id: int | None = None) -> Response:
         """Write ``value`` under ``key``; the response has the new ``version``."""
+        if type(key) is str and key and key.isascii() and type(value) is bytes and lease_id is None:
+            # The common put passes Put's checks at once; encoded without building one.
+            return await self._write_encoded(encode_plain_put(key, value))
         return await self.write(_checked(Put, key, _bytes(value), lease_id))
 
     async def get(self, key: str) -> KVItem | None:
@@ -348,7 +360,9 @@ class KVClient:
 
     async def write(self, command: Command) -> Response:
         """Apply any KV command once; its ``Response``."""
-        data = encode_command(command)
+        return await self._write_encoded(encode_command(command))
+
+    async def _write_encoded(self, data: bytes) -> Response:
         if len(data) > self._config.max_bytes_per_append:
             raise KVInvalid(f"the request takes {len(data)} bytes, above "
                             f"raft.max_bytes_per_append ({self._config.max_bytes_per_append})")
@@ -357,8 +371,7 @@ class KVClient:
             session = self._session_with_room() or await self._session_for_write()
             seq = session.take()
             try:
-                answer = await self._call(
-                    {"command": data, "seq": seq, "client_id": session.client_id})
+                answer = await self._call((session.client_id, seq, data))
                 session.started = True
             except BaseException:
                 if not session.started:
@@ -458,10 +471,13 @@ class KVClient:
         assert isinstance(answer, KVAnswer), answer  # only applied writes come as bytes
         return answer
 
-    async def _call(self, fields: dict[str, object]) -> _Answer:
-        self.counters["calls"] += 1
+    async def _call(self, fields: dict[str, object] | _WriteFields) -> _Answer:
+        counters = self.counters
+        counters["calls"] += 1
         config = self._config
-        deadline = time.monotonic() + config.client_timeout_ms / 1000
+        timeout_s = config.client_timeout_ms / 1000
+        first_patience_s = config.client_attempt_timeout_ms / 1000
+        deadline = time.monotonic() + timeout_s
         # The voters are listed only when the leader is unknown or fails: most calls
         # go straight to the leader the last answer came from.
         rotation: _Rotation | None = None
@@ -471,9 +487,15 @@ class KVClient:
             target = next(rotation.turns)
         last_problem = "no answer"
         silences: dict[Target, int] = {}
-        while time.monotonic() < deadline:
+        retry = False
+        while True:
+            if retry:
+                timeout_s = deadline - time.monotonic()
+                if timeout_s <= 0:
+                    break
+            retry = True
             call = self._new_call(fields)
-            self.counters["attempts"] += 1
+            counters["attempts"] += 1
             # Each silence of a target doubles the patience it gets next (up to 16x): a
             # dead leader is left after one, but a leader slowed by load is not answered
             # with a storm of retries through the other voters, which slows it more.
@@ -482,17 +504,18 @@ class KVClient:
             # after any silence every target gets at least twice the first patience,
             # since a survivor busy with an election answers late, and one taken for
             # silent is not followed when it wins.
-            doublings = silences.get(target, 1 if silences else 0)
-            silence_s = config.client_attempt_timeout_ms / 1000 * 2 ** min(doublings, 4)
+            if silences:
+                doublings = silences.get(target, 1)
+                silence_s = first_patience_s * 2 ** min(doublings, 4)
+            else:  # the first attempt, nearly always the only one
+                silence_s = first_patience_s
             # Awaited here rather than in a coroutine of its own: every level of
             # coroutine a write passes through costs it a frame on each resume.
-            future = self._start_attempt(target, call, silence_s,
-                                         max(0.0, deadline - time.monotonic()))
+            future = self._start_attempt(target, call, silence_s, timeout_s)
             try:
                 answer = await future
             finally:
                 del self._attempts[call.call_id]
-                self._waiting.pop(call.call_id, None)
             if isinstance(answer, bytes):  # an applied write
                 self._leader = target
                 return answer
@@ -572,17 +595,16 @@ class KVClient:
         since = max(silent.get(target, -math.inf), silent.get(node_id, -math.inf))
         return time.monotonic() - since < 2 * self._config.election_timeout_ms / 1000
 
-    def _new_call(self, fields: dict[str, object]) -> KVCall | PendingWrite:
+    def _new_call(self, fields: dict[str, object] | _WriteFields) -> KVCall | PendingWrite:
         call_id = next(self._call_ids)
-        if "command" not in fields:
-            try:
-                return KVCall(call_id=call_id, client_id=self.client_id, **fields)
-            except ValidationError as exc:  # a read's key, limit or keys out of bounds
-                raise KVInvalid(_first_problem(exc)) from None
-        # Writes are the hot path, and their fields are ours and checked (``write``).
-        client_id, seq, command = fields["client_id"], fields["seq"], fields["command"]
-        assert type(client_id) is str and type(seq) is int and type(command) is bytes
-        return PendingWrite(call_id, client_id, seq, command)
+        if isinstance(fields, tuple):
+            # Writes are the hot path, and their fields are ours and checked (``write``);
+            # tuple.__new__ skips the Python-level __new__ of a named tuple.
+            return _new_tuple(PendingWrite, (call_id, *fields))
+        try:
+            return KVCall(call_id=call_id, client_id=self.client_id, **fields)
+        except ValidationError as exc:  # a read's key, limit or keys out of bounds
+            raise KVInvalid(_first_problem(exc)) from None
 
     def _leader_target(self, answer: KVAnswer) -> Target | None:
         if answer.leader_id is not None and answer.leader_id == self._node.node_id:
@@ -601,24 +623,19 @@ class KVClient:
         # A bare future, watched by one watchdog for all calls: a cancel scope, an
         # event or even a timer per call would cost more than the rest of a write.
         future: asyncio.Future[_Answer | None] = self._loop().create_future()
-
-        def resolve(answer: _Answer | None) -> None:
-            if not future.done():
-                future.set_result(answer)
-
         now = time.monotonic()
-        self._attempts[call.call_id] = _Attempt(
-            resolve, target, silence_s, now + timeout_s, now + min(silence_s, timeout_s)
+        attempt = self._attempts[call.call_id] = _Attempt(
+            future, target, silence_s, now + timeout_s, now + min(silence_s, timeout_s)
         )
         if isinstance(target, _Local):
             assert self._local is not None
+            resolve = attempt.resolve
             if isinstance(call, PendingWrite):
                 self._local.submit_write(*call, resolve,
                                          lambda _call_id, response: resolve(response))
             else:
                 self._local.submit(call, resolve)
         else:
-            self._waiting[call.call_id] = resolve
             queued = self._outgoing.setdefault(target, [])
             queued.append(call)
             if len(queued) >= self._config.client_batch_calls_max:
@@ -697,10 +714,10 @@ class KVClient:
                     attach_certificate=True)
             except MessageTooLarge as exc:
                 self.counters["calls_too_large"] += 1
-                resolve = self._waiting.pop(call.call_id, None)
-                if resolve is not None:
-                    resolve(KVAnswer(call_id=call.call_id, status="invalid",
-                                     detail=f"call too large to send: {exc}"))
+                attempt = self._attempts.get(call.call_id)
+                if attempt is not None:
+                    attempt.resolve(KVAnswer(call_id=call.call_id, status="invalid",
+                                             detail=f"call too large to send: {exc}"))
 
     def _on_answers(self, inbound: Inbound) -> None:
         now = self._note_heard(inbound)
@@ -728,16 +745,16 @@ class KVClient:
         return now
 
     def _resolve(self, call_id: int, answer: _Answer, now: float) -> None:
-        resolve = self._waiting.get(call_id)
-        if resolve is None:
+        attempt = self._attempts.get(call_id)
+        if attempt is None or attempt.target is LOCAL:
             self.counters["answers_unmatched"] += 1
             return
-        attempt = self._attempts.get(call_id)
-        if attempt is not None:
-            # The target as the call named it (an address after a redirect, a node
-            # id otherwise): the watchdog looks it up under that name.
-            self._heard[attempt.target] = now
-        resolve(answer)
+        # The target as the call named it (an address after a redirect, a node id
+        # otherwise): the watchdog looks it up under that name.
+        self._heard[attempt.target] = now
+        future = attempt.future
+        if not future.done():
+            future.set_result(answer)
 
 
 class _ClusterListing:

@@ -55,8 +55,7 @@ def test_a_write_call_built_without_validation_equals_the_validated_one() -> Non
     client = KVClient.__new__(KVClient)
     client.client_id = "c"
     client._call_ids = itertools.count(7)
-    fields: dict[str, object] = {"command": b"\x93\x01", "seq": 3, "client_id": "c/0"}
-    pending = client._new_call(fields)
+    pending = client._new_call(("c/0", 3, b"\x93\x01"))
     assert isinstance(pending, PendingWrite)
     built = pending.as_call()
     assert built == KVCall(call_id=7, client_id="c/0", seq=3, command=b"\x93\x01")
@@ -137,7 +136,7 @@ def test_patience_doubles_per_silent_target_with_a_floor_after_any_silence() -> 
     client.counters = collections.Counter()
     client._call_ids = itertools.count(1)
     client._leader, client.client_id = "tcp://a", "c"
-    client._attempts, client._waiting = {}, {}
+    client._attempts = {}
     listing = ["tcp://a", "tcp://b", "tcp://c"]
     client._targets = lambda: list(listing)
     waited: list[tuple[object, float]] = []
@@ -355,7 +354,7 @@ def test_a_write_the_voter_cannot_decode_is_answered_invalid_not_in_columns(
         async with KVClient.connect(directory) as kv:
             assert (await kv.put("warm", b"up")).ok
             with anyio.fail_after(30), pytest.raises(KVInvalid, match="command"):
-                await kv._call({"command": b"\xc1", "seq": 1, "client_id": kv.client_id + "/x"})
+                await kv._call((kv.client_id + "/x", 1, b"\xc1"))
             assert (await kv.put("after", b"still fine")).ok
 
     anyio.run(scenario, local_cluster.directory)

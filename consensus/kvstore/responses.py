@@ -109,6 +109,7 @@ class Response(NamedTuple):
 
 
 _ERROR_BY_VALUE = {code.value: code for code in ErrorCode}
+_new_tuple = tuple.__new__
 
 
 def response_to_wire(response: Response) -> list[Any]:
@@ -148,7 +149,9 @@ def response_from_wire(obj: object) -> Response:
         and lease_id is None and deadline_ms is None and token is None and holder is None
         and deleted == 0 and type(deleted) is int and detail == "" and type(detail) is str
     ):
-        return Response(index, error, version, previous, None, None, None, None, 0, "")
+        # tuple.__new__ directly: Response() runs a Python-level __new__ (a frame).
+        return _new_tuple(Response, (index, error, version, previous, None, None, None,
+                                     None, 0, ""))
     return Response(
         index=expect_int(items[0], "index"),
         error=error,
@@ -165,6 +168,8 @@ def response_from_wire(obj: object) -> Response:
 
 def encode_response(response: Response) -> bytes:
     """Canonical msgpack bytes of a response (for the leader's reply to a client)."""
+    if response.error is None:  # its fields in order are its list form: packed as is
+        return pack(response)
     return pack(response_to_wire(response))
 
 
