@@ -56,6 +56,7 @@ from consensus.kvstore import (
     CommandError,
     KVStore,
     Request,
+    Response,
     Tick,
     encode_request,
     encode_response,
@@ -76,8 +77,9 @@ log = logging.getLogger(__name__)
 
 RAFT_DIR_NAME = "raft"
 AnswerCallback = Callable[[KVAnswer], None]
-WrittenCallback = Callable[[int, bytes], None]
-"""Called with an applied write's call id and encoded ``Response``."""
+WrittenCallback = Callable[[list[int], list[bytes]], None]
+"""Called with applied writes' call ids and their encoded ``Response``s (in columns:
+an entry's writes that share the callback in one call)."""
 
 # A leader may send these before its own fsync (see the module doc).
 _EARLY_KINDS = frozenset({APPEND, HEARTBEAT, SNAPSHOT})
@@ -229,7 +231,7 @@ class RaftService:
         """Serve one write, given as the fields of its ``KVCall`` (writes arrive in
         columns, and building a call each would cost more than proposing it).
         ``written``, if given, takes the answer of an applied write instead of
-        ``answer``: its call id and encoded response, without a ``KVAnswer``."""
+        ``answer``: call ids and encoded responses, without a ``KVAnswer``."""
         self.submit_writes((call_id,), (client_id,), (seq,), (command,), answer, written)
 
     def submit_writes(self, call_ids: Sequence[int], client_ids: Sequence[str],
@@ -239,6 +241,10 @@ class RaftService:
         one by one, but with the key writes among them joined into batch entries
         (in their order): every write proposed here is stamped with the same time."""
         self.counters["calls"] += len(call_ids)
+        if self.raft.role is not Role.LEADER:
+            for call_id in call_ids:
+                self._redirect(call_id, answer)
+            return
         now_ms, since = _wall_ms(), time.monotonic()
         config, reads = self._config, self._reads
         limit, per_entry_max = config.calls_pending_max, config.writes_per_entry_max
@@ -286,10 +292,8 @@ class RaftService:
     def _new_write(self, writer: _Writer, command: bytes, answer: AnswerCallback,
                    written: WrittenCallback | None, now_ms: int, since: float
                    ) -> _Waiting | None:
-        """The write to propose, or None if it was answered (or joined) already."""
-        if self.raft.role is not Role.LEADER:
-            self._redirect(writer.call_id, answer)
-            return None
+        """The write to propose (this voter leads), or None if it was answered (or
+        joined) already."""
         if writer.client_id:
             pending = self._proposed.get((writer.client_id, writer.seq))
             if pending is not None:
@@ -557,12 +561,7 @@ class RaftService:
             if waiting is not None:
                 self._forget(waiting)
                 if waiting[0].data == entry.data:
-                    for write, response in zip(waiting, responses, strict=True):
-                        if write.written is not None:
-                            write.written(write.call.call_id, encode_response(response))
-                        else:
-                            write.answer(ok_answer(write.call.call_id,
-                                                   encode_response(response)))
+                    self._answer_applied(waiting, responses)
                 else:  # another leader's entry took the slot: retry decides
                     for write in waiting:
                         write.answer(KVAnswer(call_id=write.call.call_id, status="unavailable",
@@ -574,6 +573,20 @@ class RaftService:
             read = self._reads.get(state.request_id)
             if read is not None:
                 read.read_index = state.index
+
+    def _answer_applied(self, writes: list[_Waiting], responses: list[Response]) -> None:
+        """Answer an entry's ``writes`` with their ``responses``: in one call when
+        they share their ``written`` callback (the writes of one payload do)."""
+        written = writes[0].written
+        if written is not None and all(write.written is written for write in writes):
+            written([write.call.call_id for write in writes],
+                    [encode_response(response) for response in responses])
+            return
+        for write, response in zip(writes, responses, strict=True):
+            if write.written is not None:
+                write.written([write.call.call_id], [encode_response(response)])
+            else:
+                write.answer(ok_answer(write.call.call_id, encode_response(response)))
 
     def _forget(self, writes: list[_Waiting]) -> None:
         """``writes`` (one entry's) are answered or about to be: no longer pending."""

@@ -385,12 +385,12 @@ class Node:
         # Applied writes are answered in columns too; refusals and retries as calls.
         answer = self._kv_answerer(inbound)
 
-        def written(call_id: int, response: bytes) -> None:
+        def written(call_ids: list[int], responses: list[bytes]) -> None:
             columns = self._kv_written.get(key)
             if columns is None:
                 columns = self._kv_written[key] = ([], [])
-            columns[0].append(call_id)
-            columns[1].append(response)
+            columns[0].extend(call_ids)
+            columns[1].extend(responses)
 
         for writes in inbound.envelope.payloads:
             assert isinstance(writes, KVWrites)

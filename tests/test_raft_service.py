@@ -140,8 +140,9 @@ class _Answers:
     def answer(self, answer: KVAnswer) -> None:
         self.other[answer.call_id] = answer
 
-    def wrote(self, call_id: int, response: bytes) -> None:
-        self.written[call_id] = decode_response(response)
+    def wrote(self, call_ids: list[int], responses: list[bytes]) -> None:
+        for call_id, response in zip(call_ids, responses, strict=True):
+            self.written[call_id] = decode_response(response)
 
     async def wait_for(self, count: int) -> None:
         with anyio.fail_after(10):

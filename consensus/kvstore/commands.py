@@ -427,6 +427,10 @@ def encode_entry(requests: Sequence[Request]) -> bytes:
     """Canonical bytes of a log entry holding ``requests`` (at least one), applied in
     order: one request's own bytes, or a batch of them (``ValueError`` if a
     command in it may not share an entry, see ``may_share_entry``)."""
+    if len(requests) > 1:
+        for request in requests:
+            if type(request.command) not in _SHARE_ENTRY:
+                raise ValueError(f"{type(request.command).__name__} may not share an entry")
     return entry_from_items([_request_to_wire(request) for request in requests])
 
 
@@ -449,14 +453,13 @@ def item_may_share_entry(item: list[Any]) -> bool:
 
 
 def entry_from_items(items: Sequence[list[Any]]) -> bytes:
-    """``encode_entry`` for requests in the list form of ``request_item``."""
+    """``encode_entry`` for requests in the list form of ``request_item``, which the
+    caller has checked with ``item_may_share_entry`` when there are several (a
+    batch holding another is refused for that request by every replica)."""
     if len(items) == 1:
         return pack(items[0])
     if not items:
         raise ValueError("an entry holds at least one request")
-    for item in items:
-        if not item_may_share_entry(item):
-            raise ValueError(f"{_CLASS_BY_TAG[item[4][0]].__name__} may not share an entry")
     return pack([BATCH_FORMAT, list(items)])
 
 

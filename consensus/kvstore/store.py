@@ -85,6 +85,7 @@ RANGE_LIMIT_DEFAULT = 1000
 """Items ``KVStore.range`` returns when no limit is given."""
 
 _DETAIL_CHARS_MAX = 200
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,8 +400,12 @@ class KVStore:
                 self._lease_record(old.lease).keys.discard(key)
         if lease_id is not None:
             self._lease_record(lease_id).keys.add(key)
-        self._items[key] = Item(key, value, previous + 1, create_index, index, lease_id)
-        return Response(index, None, previous + 1, previous, lease_id)
+        # tuple.__new__ directly: a named tuple's own __new__ is a Python frame, and
+        # every replica builds both per write.
+        self._items[key] = _new_tuple(
+            Item, (key, value, previous + 1, create_index, index, lease_id))
+        return _new_tuple(
+            Response, (index, None, previous + 1, previous, lease_id, None, None, None, 0, ""))
 
     def _remove(self, key: str) -> None:
         item = self._items.pop(key)

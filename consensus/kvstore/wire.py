@@ -12,6 +12,7 @@ catches one exception type for bad bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -45,9 +46,9 @@ _UNPACK_ERRORS = (ValueError, TypeError, OverflowError, RecursionError, msgpack.
 _PACKER = msgpack.Packer(use_bin_type=True)
 
 
-def pack(obj: Any) -> bytes:
-    """msgpack bytes of a structure of lists, ints, str, bytes and None."""
-    return _PACKER.pack(obj)  # type: ignore[no-any-return]
+pack: Callable[[Any], bytes] = _PACKER.pack
+"""msgpack bytes of a structure of lists (or tuples), ints, str, bytes and None: the
+shared packer's own method, so a call is one C call without a Python frame."""
 
 
 def unpack(data: bytes, what: str) -> Any:
