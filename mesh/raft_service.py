@@ -91,6 +91,7 @@ _ROLE_NAMES = {
     Role.LEARNER: "learner",
 }
 _EXPIRY_SWEEP_S = 0.25
+_new_tuple = tuple.__new__
 _BATCH_ITEM_OVERHEAD = 48
 """Bytes a request adds to a batch besides its command and client id, at most
 (its list, format tag, seq, now_ms and the headers of its fields)."""
@@ -250,23 +251,36 @@ class RaftService:
         limit, per_entry_max = config.calls_pending_max, config.writes_per_entry_max
         # Leave room for the batch's own framing within the bound on an entry.
         bytes_max = config.max_bytes_per_append - _BATCH_ITEM_OVERHEAD
+        proposed = self._proposed
         batch: list[_Waiting] = []
         batch_bytes = 0
+        # One pass, a write at a time, without a call per write: this is a leader's
+        # work for every write it serves.
         for call_id, client_id, seq, command in zip(
                 call_ids, client_ids, seqs, commands, strict=True):
             if self._writes_pending + len(batch) + len(reads) >= limit:
                 self._refuse_full(call_id, answer)
                 continue
-            waiting = self._new_write(_Writer(call_id, client_id, seq), command, answer,
-                                      written, now_ms, since)
-            if waiting is None:
+            writer = _new_tuple(_Writer, (call_id, client_id, seq))
+            if client_id:
+                pending = proposed.get((client_id, seq))
+                if pending is not None:
+                    # A retry of a write still in flight here: answer it when that
+                    # commits, rather than propose it again (the store would apply
+                    # it once anyway).
+                    pending.call, pending.answer, pending.written = writer, answer, written
+                    continue
+            try:
+                item = request_item(client_id, seq, now_ms, command)
+            except CommandError as exc:
+                self._invalid(call_id, answer, str(exc))
                 continue
-            assert waiting.item is not None
+            waiting = _Waiting(writer, answer, since, b"", item, written)
             size = len(command) + len(client_id) + _BATCH_ITEM_OVERHEAD
             if batch and (len(batch) >= per_entry_max or batch_bytes + size > bytes_max):
                 self._propose_writes(batch)
                 batch, batch_bytes = [], 0
-            if item_may_share_entry(waiting.item):
+            if item_may_share_entry(item):
                 batch.append(waiting)
                 batch_bytes += size
                 continue
@@ -288,26 +302,6 @@ class RaftService:
         self.counters["calls_refused_busy"] += 1
         answer(KVAnswer(call_id=call_id, status="unavailable",
                         detail="this voter holds calls_pending_max requests already"))
-
-    def _new_write(self, writer: _Writer, command: bytes, answer: AnswerCallback,
-                   written: WrittenCallback | None, now_ms: int, since: float
-                   ) -> _Waiting | None:
-        """The write to propose (this voter leads), or None if it was answered (or
-        joined) already."""
-        if writer.client_id:
-            pending = self._proposed.get((writer.client_id, writer.seq))
-            if pending is not None:
-                # A retry of a write still in flight here: answer it when that
-                # commits, rather than propose it again (the store would apply it
-                # once anyway).
-                pending.call, pending.answer, pending.written = writer, answer, written
-                return None
-        try:
-            item = request_item(writer.client_id, writer.seq, now_ms, command)
-        except CommandError as exc:
-            self._invalid(writer.call_id, answer, str(exc))
-            return None
-        return _Waiting(writer, answer, since, b"", item, written)
 
     def _propose_writes(self, writes: list[_Waiting]) -> None:
         """Propose ``writes`` as one entry (``writes_per_entry_max`` and the bytes
