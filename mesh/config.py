@@ -412,7 +412,9 @@ class RaftConfig(_Section):
         description="Client key writes (put, delete, compare-and-set) that arrive "
         "together, in one envelope, the leader joins into one log entry at most: the "
         "entry's Raft, log and network work is then paid once for them. Also bounded "
-        "by max_bytes_per_append; 1 gives every write an entry of its own.",
+        "by max_bytes_per_append. 1 gives every write an entry of its own, which voters "
+        "of versions before batch entries can apply: keep it at 1 until every voter "
+        "runs a version that has this field.",
     )
     max_inflight_appends: int = Field(
         256, ge=1, description="Appends sent to one follower and not yet acknowledged."
