@@ -115,13 +115,31 @@ async def leader_now(cluster: LocalCluster, *, not_id: str | None = None,
 
 async def caught_up(cluster: LocalCluster, name: str, index: int, *,
                     timeout_s: float = 30.0) -> dict[str, Any]:
-    """Wait until ``name`` has applied ``index``; its status then."""
+    """Wait until ``name`` has applied ``index``; its status then. On a timeout the
+    failure shows every voter's Raft state, to tell a stuck follower from a leader
+    that stopped sending to it."""
     async def applied() -> dict[str, Any] | None:
         node = (await raft_status(cluster)).get(name)
         return node if node is not None and node["raft"]["applied_index"] >= index else None
 
-    return await eventually(applied, timeout_s=timeout_s,
-                            what=f"{name} to apply up to index {index}")
+    try:
+        return await eventually(applied, timeout_s=timeout_s,
+                                what=f"{name} to apply up to index {index}")
+    except pytest.fail.Exception as failed:
+        states = {n: raft_summary(status) for n, status in (await raft_status(cluster)).items()}
+        pytest.fail(f"{failed}; Raft state of each voter: {states}")
+
+
+def raft_summary(status: dict[str, Any]) -> dict[str, Any]:
+    """A node's Raft state without the parts that do not tell what it is doing."""
+    raft = status["raft"]
+    wanted = ("role", "term", "leader_id", "commit_index", "applied_index", "last_index",
+              "progress")
+    counters = {k: v for k, v in raft.get("counters", {}).items() if v}
+    peers = {peer.get("name"): (peer.get("address"), peer.get("state"))
+             for peer in status.get("peers", [])}
+    return {**{k: raft.get(k) for k in wanted}, "counters": counters, "peers": peers,
+            "transport": {k: v for k, v in status.get("counters", {}).items() if v}}
 
 
 @asynccontextmanager
