@@ -770,6 +770,32 @@ def test_nack_for_a_member_forgotten_in_the_same_tick_goes_by_address() -> None:
 # -- helpers --------------------------------------------------------------------------
 
 
+def test_a_new_incarnation_heard_of_second_hand_gets_the_certificate_again() -> None:
+    # A member that restarted lost every certificate it knew. News of its new
+    # incarnation may come through a third member before it speaks to us: our next
+    # messages to it must carry our certificate again, or it refuses them all until
+    # our next full-table sync (push_pull_interval_s, 30 s by default).
+    a = Membership(node_id=nid(0), name="n0", address=addr(0), settings=SETTINGS,
+                   rng=Random(1), seeds=[addr(1)])
+    b = Membership(node_id=nid(1), name="n1", address=addr(1), settings=SETTINGS, rng=Random(2))
+    a.tick(0.0)
+    (join,) = a.take_outbox()
+    b.step(Incoming(nid(0), SYNC, join.payloads[0]))
+    (answer,) = b.take_outbox()
+    a.step(Incoming(nid(1), SYNC, answer.payloads[0]))  # b answered: it knows us
+    restarted = MemberUpdate(node_id=nid(1), name="n1", address=addr(5), incarnation=1,
+                             state="alive")
+    a.step(Incoming(nid(2), PING, _ping(2, target=nid(0), updates=(restarted,))))
+    a.take_outbox()  # the ack to n2
+    to_b: list[Outgoing] = []
+    now = 0.0
+    while not to_b:
+        now += SETTINGS.probe_interval_s
+        a.tick(now)
+        to_b = [out for out in a.take_outbox() if out.to_node == nid(1)]
+    assert all(out.attach_certificate for out in to_b), to_b
+
+
 def _ping(index: int, *, target: bytes, updates: tuple[MemberUpdate, ...] = ()) -> Ping:
     return Ping(
         name=f"n{index}", address=addr(index), incarnation=0, seq=1, target=target, updates=updates

@@ -792,6 +792,11 @@ class Membership:
         if supersedes(incarnation, state, record.incarnation, record.state):
             if incarnation > record.incarnation:
                 record.set_contact(update.name, update.address)  # see _set_state
+                # A new incarnation may be a restarted process that lost our
+                # certificate, heard of here before it speaks to us (as in
+                # _hear_from): until it answers, what we send it carries ours, or
+                # it refuses everything but our next full-table sync.
+                record.knows_us = False
             self._counters["updates_applied"] += 1
             self._set_state(record, incarnation, state, suspector)
         elif (
