@@ -54,8 +54,9 @@ from consensus.kvstore import (
 from consensus.kvstore.commands import (
     REQUEST_FORMAT,
     command_from_wire,
+    plain_put_fields,
     request_from_wire,
-    session_request,
+    request_item,
 )
 from consensus.kvstore.responses import response_from_wire, response_to_wire
 from consensus.kvstore.settings import INT_MAX
@@ -614,6 +615,14 @@ def test_plain_puts_decoded_at_once_equal_the_checked_decoding(items: list[Any])
             continue  # no bytes decode to it (msgpack strings are valid UTF-8)
         assert _outcome(decode_request, msgpack.packb(variant)) == _outcome(
             request_from_wire, variant)
+        # A batch's plain puts are applied from plain_put_fields: those it gives are
+        # the checked request's, for a put without a lease.
+        fields = plain_put_fields(variant)
+        if fields is not None:
+            request = request_from_wire(variant)
+            assert isinstance(request.command, Put) and request.command.lease_id is None
+            assert fields == (request.client_id, request.seq, request.now_ms,
+                              request.command.key, request.command.value)
         if type(variant[4]) is list:
             assert _outcome(decode_command, msgpack.packb(variant[4])) == _outcome(
                 command_from_wire, variant[4])
@@ -621,17 +630,25 @@ def test_plain_puts_decoded_at_once_equal_the_checked_decoding(items: list[Any])
 
 
 @given(client=_TEXTS, seq=st.integers(1, INT_MAX), now=_INT)
-def test_a_session_request_built_at_once_equals_the_checked_one(
+def test_a_leaders_request_item_built_at_once_equals_the_checked_request(
     client: str, seq: int, now: int,
 ) -> None:
-    fields: list[Any] = [client, seq, now, Put("k", b"v")]
-    for position in range(4):
-        for bad in [*_NOT_VALID_IN_REQUESTS, Request("c", 1, 0, Tick())]:
+    # The leader builds each write's request in list form (request_item) from the
+    # client's fields, without Request's checks when they pass at once.
+    fields: list[Any] = [client, seq, now]
+    for position in range(3):
+        for bad in _NOT_VALID_IN_REQUESTS:
             variant = [*fields[:position], bad, *fields[position + 1:]]
-            assert _outcome(lambda v: session_request(*v), variant) == _outcome(
-                lambda v: Request(*v), variant)
-    assert _outcome(lambda v: session_request(*v), fields) == _outcome(
-        lambda v: Request(*v), fields)
+            assert _outcome(_leaders_request, variant) == _outcome(_checked_request, variant)
+    assert _outcome(_leaders_request, fields) == _outcome(_checked_request, fields)
+
+
+def _leaders_request(fields: list[Any]) -> bytes:
+    return msgpack.packb(request_item(*fields, encode_command(Put("k", b"v"))))
+
+
+def _checked_request(fields: list[Any]) -> bytes:
+    return encode_request(Request(*fields, Put("k", b"v")))
 
 
 def _packable(items: Any) -> bool:

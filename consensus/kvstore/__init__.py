@@ -41,7 +41,6 @@ from consensus.kvstore.commands import (
     encode_entry,
     encode_request,
     may_share_entry,
-    session_request,
 )
 from consensus.kvstore.errors import CommandError, KVStoreError, SnapshotError
 from consensus.kvstore.responses import ErrorCode, Response, decode_response, encode_response
@@ -82,5 +81,4 @@ __all__ = [
     "encode_request",
     "encode_response",
     "may_share_entry",
-    "session_request",
 ]

@@ -88,7 +88,6 @@ __all__ = [
     "plain_put_fields",
     "request_from_wire",
     "request_item",
-    "session_request",
 ]
 
 REQUEST_FORMAT = 1
@@ -440,9 +439,7 @@ def request_item(client_id: str, seq: int, now_ms: int, command: bytes) -> list[
     makes it; ``CommandError`` for anything ``Request`` or ``decode_command`` refuses.
     What a leader builds per write, without the command and request objects."""
     items = unpack(command, "command bytes")
-    if (_plain_put_ok(items) and type(client_id) is str and client_id and client_id.isascii()
-            and type(seq) is int and 1 <= seq <= INT_MAX
-            and type(now_ms) is int and 0 <= now_ms <= INT_MAX):
+    if _plain_put_ok(items) and _session_fields_ok(client_id, seq, now_ms):
         return [REQUEST_FORMAT, client_id, seq, now_ms, items]
     return _request_to_wire(Request(client_id, seq, now_ms, command_from_wire(items)))
 
@@ -556,6 +553,14 @@ def _plain_put_request(items: Any) -> Request | None:
     return None if put is None else _session_request(items[1], items[2], items[3], put)
 
 
+def _session_fields_ok(client_id: Any, seq: Any, now_ms: Any) -> bool:
+    """Whether a request's fields pass ``Request``'s checks at once, for a client
+    session (an ASCII client id)."""
+    return (type(client_id) is str and client_id != "" and client_id.isascii()
+            and type(seq) is int and 1 <= seq <= INT_MAX
+            and type(now_ms) is int and 0 <= now_ms <= INT_MAX)
+
+
 def plain_put_fields(item: Any) -> tuple[str, int, int, str, bytes] | None:
     """``(client_id, seq, now_ms, key, value)`` of an entry item that is a plain put
     without a lease from a client session, every field passing its checks at once
@@ -565,30 +570,14 @@ def plain_put_fields(item: Any) -> tuple[str, int, int, str, bytes] | None:
             and item[0] == REQUEST_FORMAT):
         return None
     _, client_id, seq, now_ms, command = item
-    if not (type(command) is list and len(command) == 4 and type(command[0]) is int
-            and command[0] == 1 and command[3] is None):
+    if not (_plain_put_ok(command) and command[3] is None
+            and _session_fields_ok(client_id, seq, now_ms)):
         return None
-    key, value = command[1], command[2]
-    if not (type(client_id) is str and client_id and client_id.isascii()
-            and type(seq) is int and 1 <= seq <= INT_MAX
-            and type(now_ms) is int and 0 <= now_ms <= INT_MAX
-            and type(key) is str and key and key.isascii() and type(value) is bytes):
-        return None
-    return client_id, seq, now_ms, key, value
-
-
-def session_request(client_id: str, seq: int, now_ms: int, command: Command) -> Request:
-    """``Request(client_id, seq, now_ms, command)``, built at once when a session's
-    fields pass the checks at once (the leader builds one per write it proposes)."""
-    return (_session_request(client_id, seq, now_ms, command)
-            or Request(client_id, seq, now_ms, command))
+    return client_id, seq, now_ms, command[1], command[2]
 
 
 def _session_request(client_id: Any, seq: Any, now_ms: Any, command: Any) -> Request | None:
-    if not (type(client_id) is str and client_id and client_id.isascii()
-            and type(seq) is int and 1 <= seq <= INT_MAX
-            and type(now_ms) is int and 0 <= now_ms <= INT_MAX
-            and type(command) in _TAG_BY_CLASS):
+    if not (_session_fields_ok(client_id, seq, now_ms) and type(command) in _TAG_BY_CLASS):
         return None
     request = _new_object(Request)
     _set_field(request, "client_id", client_id)
