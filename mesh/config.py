@@ -67,6 +67,17 @@ class EnvelopeConfig(_Section):
         "share to a thread then costs more than it saves. 2 or more pay when a node has "
         "cores to itself; more than the machine's cores gains nothing.",
     )
+    link_macs: bool = Field(
+        True,
+        description="Authenticate an envelope to one node whose certificate this node holds "
+        "with a link MAC (keyed BLAKE2b under a key only the two nodes can derive from their "
+        "certified keys) instead of an Ed25519 signature: about 2 us against 40 to sign and "
+        "100 to verify, on every hop. Such an envelope proves its origin to its recipient "
+        "alone, not to a third party, and a node whose private key leaked can be sent "
+        "forged envelopes in any certified node's name (docs/DECISIONS.md). False signs "
+        "everything. Receiving both kinds is always on; a node of an earlier version "
+        "refuses link MACs, so keep this false until every node runs this version.",
+    )
     replay_window_messages: int = Field(
         4096,
         ge=64,

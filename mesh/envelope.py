@@ -7,6 +7,12 @@ Wire layout of one ZeroMQ frame::
 
     signature = Ed25519(sender's key, SIGNING_CONTEXT || SHA-256(the bytes before it))
 
+An envelope addressed to one node whose certificate the sender holds carries,
+in the signature's place, a link MAC (``version`` 3 instead of 2): keyed
+BLAKE2b-512 over the same bytes, under the key only those two nodes can
+derive (``mesh.link_keys``). Checking one costs about 2 us against 100 us
+for a signature here, on every hop of a replicated write.
+
 ``sender``/``recipient`` are 16-byte node ids, ``seq`` the sender's sequence
 number, ``timestamp`` a hybrid-logical-clock value (see ``consensus.hlc``), ``trace``
 an optional W3C traceparent, ``on_behalf_of`` an optional principal, ``reply_to``
@@ -22,7 +28,8 @@ string keeps an envelope's signature from meaning anything else.
 ``EnvelopeOpener.open`` checks, in this order, and names the first failure:
 size (``too_large``), decoding (``malformed``), a certified sender
 (``unknown_sender``), the signature (``bad_signature``), the replay window and
-recipient (``replay``), the clock skew bound (``clock_skew``) and the payload
+recipient (``replay``; a link MAC's recipient is checked before the MAC, which
+only the recipient can check), the clock skew bound (``clock_skew``) and the payload
 schema (``bad_payload``). Cheap checks come first, so garbage costs little.
 """
 
@@ -42,10 +49,12 @@ from mesh.codec import pack, unpack
 from mesh.config import EnvelopeConfig
 from mesh.errors import CertificateError, CodecError
 from mesh.identity import NODE_ID_BYTES, SIGNATURE_BYTES, Certificate, Identity
+from mesh.link_keys import LinkKeys, link_mac, link_mac_valid
 from mesh.replay import ReplayWindow
 from mesh.trust import TrustedSender, TrustStore
 
 __all__ = [
+    "LINK_WIRE_VERSION",
     "SIGNATURE_BYTES",
     "SIGNING_CONTEXT",
     "WIRE_VERSION",
@@ -61,6 +70,8 @@ __all__ = [
 
 WIRE_VERSION = 2
 """2: the signature covers the envelope's SHA-256 digest (1 signed the bytes)."""
+LINK_WIRE_VERSION = 3
+"""The same envelope authenticated by a link MAC instead of a signature."""
 SIGNING_CONTEXT = b"agentmesh envelope v2\x00"
 _HEADER_FIELDS = 11
 _TEXT_FIELD_CHARS_MAX = 256
@@ -102,6 +113,8 @@ class Envelope:
     reply_to: int | None
     sender_certificate: Certificate
     payloads: tuple[BaseModel, ...]
+    link_mac: bool = False
+    """Authenticated by a link MAC (proof to this node alone), not a signature."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +126,7 @@ class _Authenticating:
     signature: bytes
     sender: bytes
     trusted: TrustedSender
+    link_key: bytes | None  # set when the frame carries a link MAC
 
 
 def signing_digest(signed: bytes) -> bytes:
@@ -122,6 +136,8 @@ def signing_digest(signed: bytes) -> bytes:
 
 
 def _signature_valid(item: _Authenticating) -> bool:
+    if item.link_key is not None:
+        return link_mac_valid(item.link_key, item.signed, item.signature)
     return item.trusted.signature_valid(item.signature, signing_digest(item.signed))
 
 
@@ -167,9 +183,18 @@ class EnvelopeSealer:
     later ones.
     """
 
-    def __init__(self, identity: Identity, certificate: Certificate, first_seq: int) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        certificate: Certificate,
+        first_seq: int,
+        *,
+        links: LinkKeys | None = None,
+    ) -> None:
         assert certificate.node_id == identity.node_id, "certificate belongs to another key"
         self.identity = identity
+        self.links = links
+        """Set: envelopes to a node whose certificate we hold carry a link MAC."""
         self._certificate_wire = certificate.to_wire()
         self._next_seq = first_seq
         self.clock = HybridClock()
@@ -187,13 +212,21 @@ class EnvelopeSealer:
         attach_certificate: bool = False,
         wall_us: int | None = None,
     ) -> tuple[int, bytes]:
-        """Sign ``payloads`` (at least one) as one envelope; returns (seq, frame)."""
+        """Sign ``payloads`` (at least one) as one envelope; returns (seq, frame).
+
+        Addressed to a node whose link key we have (``links``), the envelope
+        carries a link MAC instead of a signature.
+        """
         assert payloads, "an envelope carries at least one payload"
         seq = max(self._next_seq, wall_ms * 1000 if wall_us is None else wall_us)
         self._next_seq = seq + 1
+        links = self.links
+        link_key = (
+            links.sending_key(recipient) if links is not None and recipient is not None else None
+        )
         header_and_body = pack(
             [
-                WIRE_VERSION,
+                WIRE_VERSION if link_key is None else LINK_WIRE_VERSION,
                 kind,
                 self.identity.node_id,
                 recipient,
@@ -206,6 +239,8 @@ class EnvelopeSealer:
                 _dump(payloads),
             ]
         )
+        if link_key is not None:
+            return seq, header_and_body + link_mac(link_key, header_and_body)
         return seq, header_and_body + self.identity.sign(signing_digest(header_and_body))
 
 
@@ -236,13 +271,18 @@ class EnvelopeOpener:
         trust: TrustStore,
         registry: PayloadRegistry,
         clock: HybridClock,
+        links: LinkKeys | None = None,
     ) -> None:
         self.local_node_id = local_node_id
+        self.links = links
+        """Set: envelopes with a link MAC are checked; otherwise they are 'malformed'."""
         self.limits = limits
         self.trust = trust
         self.registry = registry
         self.clock = clock
         self.accepted = 0
+        self.accepted_by_link_mac = 0
+        """Of ``accepted``, the envelopes a link MAC authenticated."""
         self.rejected: dict[Rejection, int] = {reason: 0 for reason in Rejection}
         self._windows: dict[bytes, ReplayWindow] = {}
 
@@ -284,7 +324,8 @@ class EnvelopeOpener:
                     if next(verdict_of)
                     else Rejected(
                         Rejection.BAD_SIGNATURE,
-                        f"signature of {item.sender.hex()} does not verify",
+                        f"{'signature' if item.link_key is None else 'link MAC'} of "
+                        f"{item.sender.hex()} does not verify",
                     )
                 )
             else:
@@ -293,6 +334,8 @@ class EnvelopeOpener:
                 self.rejected[outcome.reason] += 1
             else:
                 self.accepted += 1
+                if outcome.link_mac:
+                    self.accepted_by_link_mac += 1
             outcomes.append(outcome)
         return outcomes
 
@@ -319,7 +362,22 @@ class EnvelopeOpener:
             trusted = self.trust.resolve(sender, certificate_wire, now_unix_s)
         except CertificateError as exc:
             return Rejected(Rejection.UNKNOWN_SENDER, str(exc))
-        return _Authenticating(fields, signed, signature, sender, trusted)
+        if fields[0] == WIRE_VERSION:
+            return _Authenticating(fields, signed, signature, sender, trusted, None)
+        recipient = fields[3]
+        if recipient != self.local_node_id:
+            return Rejected(
+                Rejection.REPLAY,
+                f"link MAC for {recipient.hex() if recipient else 'no recipient'}, "
+                "not for this node",
+            )
+        assert self.links is not None  # the shape check admits version 3 only then
+        link_key = self.links.receiving_key(sender, trusted.certificate.public_key)
+        if link_key is None:
+            return Rejected(
+                Rejection.BAD_SIGNATURE, f"no link key with {sender.hex()}: its key is unusable"
+            )
+        return _Authenticating(fields, signed, signature, sender, trusted, link_key)
 
     def _postcheck(self, item: _Authenticating, wall_ms: int) -> Envelope | Rejected:
         """Recipient, replay, clock skew and payload: everything after the signature."""
@@ -372,6 +430,7 @@ class EnvelopeOpener:
             reply_to=reply_to,
             sender_certificate=item.trusted.certificate,
             payloads=payloads,
+            link_mac=item.link_key is not None,
         )
 
     def _window_for(self, sender: bytes) -> ReplayWindow:
@@ -389,8 +448,12 @@ class EnvelopeOpener:
             return f"header is not a list of {_HEADER_FIELDS} fields"
         (version, kind, sender, recipient, seq, timestamp, trace, on_behalf_of, reply_to,
          certificate_wire, body) = fields
-        if version != WIRE_VERSION:
-            return f"wire version {version!r} is not {WIRE_VERSION}"
+        if version != WIRE_VERSION and (version != LINK_WIRE_VERSION or self.links is None):
+            accepted = (
+                f"{WIRE_VERSION}" if self.links is None
+                else f"{WIRE_VERSION} or {LINK_WIRE_VERSION}"
+            )
+            return f"wire version {version!r} is not {accepted}"
         if not isinstance(kind, str) or not 0 < len(kind) <= _KIND_CHARS_MAX:
             return "kind is not a short string"
         if not isinstance(sender, bytes) or len(sender) != NODE_ID_BYTES:

@@ -713,6 +713,8 @@ class KVClient:
                     continue
                 heard = now if attempt.target is LOCAL else heard_of.get(attempt.target, 0.0)
                 if now >= attempt.give_up_at or now - heard >= attempt.silence_s:
+                    if isinstance(attempt.target, str):
+                        self._node.forget_address(attempt.target)
                     attempt.resolve(None)
                 else:
                     attempt.check_at = now + attempt.silence_s

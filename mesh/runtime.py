@@ -55,6 +55,7 @@ from mesh.kv_messages import (
     KVWritten,
     written_payloads,
 )
+from mesh.link_keys import LinkKeys
 from mesh.membership import Member, Membership, MemberState
 from mesh.messages import (
     GOSSIP_REQUEST,
@@ -157,13 +158,18 @@ class Node:
         self.registry = PayloadRegistry()
         self.trust = TrustStore(authority_public_key, config.envelope.trusted_senders_max)
         self.trust.add(certificate, time.time())
-        self.sealer = EnvelopeSealer(identity, certificate, first_seq=time.time_ns() // 1000)
+        self.links = LinkKeys(identity, self.trust, config.envelope.trusted_senders_max)
+        self.sealer = EnvelopeSealer(
+            identity, certificate, first_seq=time.time_ns() // 1000,
+            links=self.links if config.envelope.link_macs else None,
+        )
         self.opener = EnvelopeOpener(
             local_node_id=identity.node_id,
             limits=config.envelope,
             trust=self.trust,
             registry=self.registry,
             clock=self.sealer.clock,
+            links=self.links,
         )
         self.transport = Transport(config.transport, self._on_frames)
         self._verify_map = SplitMap(config.envelope.verify_threads)
@@ -179,6 +185,9 @@ class Node:
         self._after_flush: dict[int, Callable[[], None]] = {}
         self._members_dirty = False
         self._certificates_sent: dict[bytes, int] = {}  # insertion order: oldest first
+        # Who answered from a peer address we send to: envelopes sent to the address
+        # then name that node as recipient, and so may carry a link MAC.
+        self._address_ids: dict[str, bytes] = {}  # insertion order: oldest first
         self._services: list[Callable[[], Any]] = []
         self._status_sections: dict[str, Callable[[], Any]] = {}
         self._local: deque[Outgoing] = deque()
@@ -602,6 +611,8 @@ class Node:
         finally:
             del self._pending[seq]
         if pending.answer is None:
+            if isinstance(to, str):
+                self.forget_address(to)
             raise RequestTimeout(f"no answer to {kind} from {_show(to)} within {timeout:.3g} s")
         return pending.answer
 
@@ -621,7 +632,7 @@ class Node:
 
     def _resolve(self, to: bytes | str) -> tuple[str | None, bytes | None]:
         if isinstance(to, str):
-            return to, None
+            return to, self._address_ids.get(to)
         address = self.membership.address_of(to) if self.membership else None
         if address is None:
             self.counters.send_dropped += 1
@@ -746,6 +757,20 @@ class Node:
             del self._certificates_sent[next(iter(self._certificates_sent))]
         return sent < _CERTIFICATE_FIRST_ENVELOPES
 
+    def forget_address(self, address: str) -> None:
+        """Stop naming the node last heard from at ``address`` as the recipient of what
+        is sent there: it went silent, and another node may have taken the address
+        (one that would refuse envelopes addressed to the old one). Signed envelopes
+        go there until it answers again."""
+        self._address_ids.pop(address, None)
+
+    def _learn_address(self, address: str, node_id: bytes) -> None:
+        ids = self._address_ids
+        ids.pop(address, None)
+        ids[address] = node_id
+        if len(ids) > self.config.envelope.trusted_senders_max:
+            del ids[next(iter(ids))]
+
     # -- receiving ---------------------------------------------------------------
 
     def _on_frames(self, frames: list[InboundFrame]) -> None:
@@ -770,10 +795,14 @@ class Node:
             now_unix_s=now_unix_s,
             parallel_map=self._verify_map,
         )
+        address_ids = self._address_ids
         for inbound_frame, opened in zip(frames, outcomes, strict=True):
             if isinstance(opened, Rejected):
                 log.debug("rejected %s: %s", opened.reason.value, opened.detail)
                 continue
+            address = inbound_frame.route.address
+            if address is not None and address_ids.get(address) != opened.sender:
+                self._learn_address(address, opened.sender)
             self._dispatch(Inbound(opened, inbound_frame.route), stepped)
         for core in self._cores:
             if id(core) in stepped:
@@ -846,6 +875,7 @@ class Node:
             "counters": {
                 "received": counters.received,
                 "accepted": self.opener.accepted,
+                "accepted_by_link_mac": self.opener.accepted_by_link_mac,
                 "sent": counters.sent,
                 "send_dropped": counters.send_dropped,
                 "handler_errors": counters.handler_errors,
