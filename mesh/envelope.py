@@ -366,11 +366,7 @@ class EnvelopeOpener:
             return _Authenticating(fields, signed, signature, sender, trusted, None)
         recipient = fields[3]
         if recipient != self.local_node_id:
-            return Rejected(
-                Rejection.REPLAY,
-                f"link MAC for {recipient.hex() if recipient else 'no recipient'}, "
-                "not for this node",
-            )
+            return Rejected(Rejection.REPLAY, f"link MAC for {recipient.hex()}, not for this node")
         assert self.links is not None  # the shape check admits version 3 only then
         link_key = self.links.receiving_key(sender, trusted.certificate.public_key)
         if link_key is None:
@@ -462,6 +458,8 @@ class EnvelopeOpener:
             not isinstance(recipient, bytes) or len(recipient) != NODE_ID_BYTES
         ):
             return "recipient is not a 16-byte node id"
+        if recipient is None and version == LINK_WIRE_VERSION:
+            return "a link MAC's envelope names no recipient"
         for name, value in (("seq", seq), ("timestamp", timestamp)):
             if type(value) is not int or not 0 <= value <= _SEQ_MAX:
                 return f"{name} is not an unsigned 64-bit integer"

@@ -223,6 +223,19 @@ def test_a_third_node_cannot_check_or_make_a_pairs_tags() -> None:
     assert reason_of(alice.open(frame)) is Rejection.REPLAY
 
 
+def test_a_link_mac_envelope_without_a_recipient_is_malformed() -> None:
+    alice, bob = _known_pair()
+    fields = unpack(alice.seal(bob)[:-SIGNATURE_BYTES], max_bytes=1 << 20)
+    assert isinstance(fields, list)
+    fields[3] = None
+    signed = pack(fields)
+    key = alice.links.sending_key(bob.node_id)
+    assert key is not None
+    outcome = bob.open(signed + link_mac(key, signed))
+    assert reason_of(outcome) is Rejection.MALFORMED
+    assert isinstance(outcome, Rejected) and "names no recipient" in outcome.detail
+
+
 def test_a_link_mac_from_an_unknown_sender_is_refused_before_any_key_work() -> None:
     alice, bob = Party(), Party()
     alice.knows(bob)
