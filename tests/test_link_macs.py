@@ -279,8 +279,19 @@ def make_node(name: str, *, listen: str | None = None, **config: object) -> Node
                                   not_after=int(time.time()) + 3600)
     if listen is not None:
         config["listen"] = listen
-    return Node(config=NodeConfig(name=name, **config), identity=identity,  # type: ignore[arg-type]
+    return Node(config=NodeConfig(name=name, **config), identity=identity,
                 certificate=certificate, authority_public_key=AUTHORITY.public_key)
+
+
+def make_client(**config: object) -> Node:
+    identity = Identity.generate()
+    certificate = AUTHORITY.issue(name="client", public_key=identity.public_key,
+                                  roles=["node"], not_after=int(time.time()) + 3600)
+    client = Node.client(config=NodeConfig(name="client", **config),
+                         identity=identity, certificate=certificate,
+                         authority_public_key=AUTHORITY.public_key)
+    client.registry.register("test.echo", Echo)
+    return client
 
 
 def echo_on(node: Node) -> None:
@@ -313,15 +324,7 @@ async def test_requests_to_an_address_switch_to_link_macs_once_it_has_answered(
     server = make_node("server", envelope={"link_macs": link_macs})
     echo_on(server)
     async with serving(server) as address:
-        client = Node.client(config=NodeConfig(name="client",
-                                               envelope={"link_macs": link_macs}),
-                             identity=(client_id := Identity.generate()),
-                             certificate=AUTHORITY.issue(name="client",
-                                                         public_key=client_id.public_key,
-                                                         roles=["node"],
-                                                         not_after=int(time.time()) + 3600),
-                             authority_public_key=AUTHORITY.public_key)
-        client.registry.register("test.echo", Echo)
+        client = make_client(envelope={"link_macs": link_macs})
         async with client.running():
             for value in range(5):
                 answer = await client.request(address, "test.echo", Echo(value=value))
@@ -338,14 +341,7 @@ async def test_requests_to_an_address_switch_to_link_macs_once_it_has_answered(
 async def test_an_address_taken_over_by_another_node_is_answered_after_one_timeout() -> None:
     first = make_node("first")
     echo_on(first)
-    client = Node.client(config=NodeConfig(name="client"),
-                         identity=(client_id := Identity.generate()),
-                         certificate=AUTHORITY.issue(name="client",
-                                                     public_key=client_id.public_key,
-                                                     roles=["node"],
-                                                     not_after=int(time.time()) + 3600),
-                         authority_public_key=AUTHORITY.public_key)
-    client.registry.register("test.echo", Echo)
+    client = make_client()
     async with client.running():
         async with serving(first) as address:
             await client.request(address, "test.echo", Echo(value=1))
