@@ -34,6 +34,7 @@ from mesh.envelope import (
 from mesh.errors import RequestTimeout
 from mesh.identity import Certificate, ClusterAuthority, Identity
 from mesh.link_keys import LinkKeys, link_mac
+from mesh.parallel import SplitMap
 from mesh.runtime import Inbound, Node
 from mesh.trust import TrustStore
 
@@ -54,8 +55,9 @@ def certify(identity: Identity, name: str = "n") -> Certificate:
 class Party:
     """One node's envelope layer: its sealer and opener over one trust store."""
 
-    def __init__(self, *, send_macs: bool = True, receive_macs: bool = True) -> None:
-        self.identity = Identity.generate()
+    def __init__(self, *, send_macs: bool = True, receive_macs: bool = True,
+                 identity: Identity | None = None) -> None:
+        self.identity = identity or Identity.generate()
         self.certificate = certify(self.identity)
         self.trust = TrustStore(AUTHORITY.public_key, capacity=16)
         self.trust.add(self.certificate, NOW_MS / 1000)
@@ -249,6 +251,31 @@ def test_an_opener_without_link_keys_calls_a_link_mac_malformed() -> None:
     outcome = bob.open(alice.seal(bob, certificate=True))
     assert reason_of(outcome) is Rejection.MALFORMED
     assert isinstance(outcome, Rejected) and "wire version 3 is not 2" in outcome.detail
+
+
+def test_a_batch_of_macs_and_signatures_opened_on_threads_matches_one_by_one() -> None:
+    alice, bob = _known_pair()
+    stranger = Party()  # holds no certificate of bob: its frames are signed
+    stranger_frames = [stranger.seal(bob, f"s{i}", certificate=True) for i in range(10)]
+    mac_frames = [alice.seal(bob, f"a{i}") for i in range(20)]
+    tampered = bytearray(mac_frames[7])
+    tampered[-1] ^= 1
+    frames = [*mac_frames[:10], *stranger_frames, bytes(tampered), *mac_frames[10:],
+              mac_frames[3]]
+    one_by_one, batched = Party(identity=bob.identity), Party(identity=bob.identity)
+    one_by_one.knows(alice, stranger)
+    batched.knows(alice, stranger)
+    expected = [reason_of(one_by_one.open(frame)) for frame in frames]
+    split = SplitMap(threads=3)
+    try:
+        outcomes = batched.opener.open_many(frames, wall_ms=NOW_MS, now_unix_s=NOW_MS / 1000,
+                                            parallel_map=split)
+    finally:
+        split.close()
+    assert [reason_of(o) for o in outcomes] == expected
+    assert expected.count(None) == 30  # the tampered frame and the repeat are refused
+    assert Rejection.BAD_SIGNATURE in expected and Rejection.REPLAY in expected
+    assert batched.opener.accepted_by_link_mac == 20 == one_by_one.opener.accepted_by_link_mac
 
 
 def test_a_replayed_link_mac_frame_is_refused() -> None:
