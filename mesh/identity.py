@@ -67,6 +67,11 @@ def node_id_of(public_key: bytes) -> bytes:
     return hashlib.blake2b(public_key).digest()[:NODE_ID_BYTES]
 
 
+def _sodium_secret_key(private_key: Ed25519PrivateKey) -> bytes:
+    _, secret = crypto_sign_seed_keypair(private_key.private_bytes_raw())
+    return secret
+
+
 def validate_roles(roles: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """Return ``roles`` as a sorted, deduplicated tuple, refusing malformed names."""
     for role in roles:
@@ -99,9 +104,12 @@ class Identity:
         public = private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        _, sodium_secret_key = crypto_sign_seed_keypair(private_key.private_bytes_raw())
         return cls(private_key=private_key, public_key=public, node_id=node_id_of(public),
-                   sodium_secret_key=sodium_secret_key)
+                   sodium_secret_key=_sodium_secret_key(private_key))
+
+    def sodium_key(self) -> bytes:
+        """The key in libsodium's form (seed and public key), derived if not held."""
+        return self.sodium_secret_key or _sodium_secret_key(self.private_key)
 
     @property
     def node_id_hex(self) -> str:

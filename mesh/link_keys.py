@@ -24,7 +24,6 @@ from nacl.bindings import (
     crypto_scalarmult,
     crypto_sign_ed25519_pk_to_curve25519,
     crypto_sign_ed25519_sk_to_curve25519,
-    crypto_sign_seed_keypair,
 )
 from nacl.exceptions import CryptoError
 
@@ -60,11 +59,8 @@ class LinkKeys:
 
     def __init__(self, identity: Identity, trust: TrustStore, capacity: int) -> None:
         assert capacity > 0, capacity
-        secret = identity.sodium_secret_key
-        if not secret:
-            _, secret = crypto_sign_seed_keypair(identity.private_key.private_bytes_raw())
         self._node_id = identity.node_id
-        self._secret = crypto_sign_ed25519_sk_to_curve25519(secret)
+        self._secret = crypto_sign_ed25519_sk_to_curve25519(identity.sodium_key())
         self._trust = trust
         self._capacity = capacity
         # node id -> (its public key, key of our frames to it, key of its frames to us)

@@ -751,10 +751,8 @@ class Node:
         """
         if node_id is None:
             return False
-        sent = self._certificates_sent.pop(node_id, 0)
-        self._certificates_sent[node_id] = sent + 1
-        if len(self._certificates_sent) > self.config.envelope.trusted_senders_max:
-            del self._certificates_sent[next(iter(self._certificates_sent))]
+        sent = self._certificates_sent.get(node_id, 0)
+        self._remember_newest(self._certificates_sent, node_id, sent + 1)
         return sent < _CERTIFICATE_FIRST_ENVELOPES
 
     def forget_address(self, address: str) -> None:
@@ -764,12 +762,13 @@ class Node:
         go there until it answers again."""
         self._address_ids.pop(address, None)
 
-    def _learn_address(self, address: str, node_id: bytes) -> None:
-        ids = self._address_ids
-        ids.pop(address, None)
-        ids[address] = node_id
-        if len(ids) > self.config.envelope.trusted_senders_max:
-            del ids[next(iter(ids))]
+    def _remember_newest(self, mapping: dict[Any, Any], key: Any, value: Any) -> None:
+        """Set ``key`` as the newest of ``mapping`` (insertion order, oldest first),
+        forgetting the oldest beyond the trust store's bound."""
+        mapping.pop(key, None)
+        mapping[key] = value
+        if len(mapping) > self.config.envelope.trusted_senders_max:
+            del mapping[next(iter(mapping))]
 
     # -- receiving ---------------------------------------------------------------
 
@@ -802,7 +801,7 @@ class Node:
                 continue
             address = inbound_frame.route.address
             if address is not None and address_ids.get(address) != opened.sender:
-                self._learn_address(address, opened.sender)
+                self._remember_newest(address_ids, address, opened.sender)
             self._dispatch(Inbound(opened, inbound_frame.route), stepped)
         for core in self._cores:
             if id(core) in stepped:
